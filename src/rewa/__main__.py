@@ -1,0 +1,5 @@
+import sys
+
+from rewa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: synthetic sparse regression, CIFAR-10/100, ImageNet folders."""

@@ -1,0 +1,1 @@
+"""Experiments as commands: the demo, the sparse-regression study, CIFAR, ImageNet."""

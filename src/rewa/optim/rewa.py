@@ -1,0 +1,273 @@
+"""The ReWA optimizer: a drop-in ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from rewa.optim import _functional as F
+
+BASES = ("sgd", "adamw")
+# State that is kept in the master precision, not in the parameter's dtype.
+_MASTER_KEYS = ("y", "momentum_buffer", "exp_avg", "exp_avg_sq")
+
+
+def master_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision of ReWA's state for a parameter of ``dtype``: float64 stays, others use float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def validate_hyperparameters(group: dict[str, Any]) -> None:
+    """Raise ValueError naming the first invalid hyperparameter of ``group`` and its valid range."""
+
+    def check(name: str, ok: bool, valid: str) -> None:
+        if not ok:
+            raise ValueError(f"ReWA: invalid {name}={group[name]!r}; valid range: {valid}")
+
+    def real(name: str) -> float:
+        value = group[name]
+        if isinstance(value, Tensor):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"ReWA: {name} must be a real number, got {value!r}")
+        return float(value)
+
+    check("base", group["base"] in BASES, f"one of {', '.join(BASES)}")
+    check("lr", real("lr") >= 0.0, "lr >= 0")
+    check("K", real("K") >= 1.0, "K >= 1 (any real)")
+    check("M", real("M") >= 0.0, "M >= 0 (any real; sensible M <= K - 1)")
+    check("eps", real("eps") >= 0.0, "eps >= 0")
+    check("weight_decay", real("weight_decay") >= 0.0, "weight_decay >= 0")
+    check("momentum", 0.0 <= real("momentum") < 1.0, "0 <= momentum < 1")
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"ReWA: betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, beta in enumerate(betas):
+        if not 0.0 <= float(beta) < 1.0:
+            raise ValueError(f"ReWA: invalid betas[{i}]={beta!r}; valid range: 0 <= beta < 1")
+    check("adam_eps", real("adam_eps") >= 0.0, "adam_eps >= 0")
+    for name in ("lr", "K", "M", "eps", "weight_decay", "momentum", "adam_eps"):
+        check(name, abs(real(name)) != float("inf") and real(name) == real(name), "a finite number")
+
+
+class ReWA(Optimizer):
+    r"""ReWA: train ``x = sign(y)|y|^K`` with weight decay on ``y``, gradient scaled by ``|y|^M``.
+
+    Behaves like an ℓp penalty with ``p = (K + 1 - M) / K`` (see :mod:`rewa.theory`) and produces
+    exact zeros in float32. ``base="sgd"`` is Algorithm 1 of METHOD.md (coupled weight decay,
+    heavy-ball momentum), ``base="adamw"`` is Algorithm 2 (decoupled weight decay on ``y``).
+
+    With ``K=1, M=0, eps=0`` it is exactly ``torch.optim.SGD(momentum, weight_decay)`` or
+    ``torch.optim.AdamW``; :func:`rewa.param_groups` uses this for biases and norm layers.
+
+    The hidden variable ``y`` is kept in ``self.state[p]["y"]`` (float32, or float64 for float64
+    parameters) so that ``p`` is always exactly ``sign(y)|y|^K`` and a step with ``lr=0`` leaves
+    ``p`` bit-for-bit unchanged. If a parameter is changed outside the optimizer (pruning,
+    ``load_state_dict`` on the model), ``y`` is recomputed from it at the next step.
+
+    Args:
+        params: parameters or parameter groups (every argument below may be set per group).
+        lr: learning rate η.
+        K: reparameterization order, any real ``K >= 1``.
+        M: exponent of the adaptive scale ``|y|^M``, any real ``M >= 0``.
+        eps: stabilizer ε of the adaptive scale, ``>= 0``.
+        weight_decay: κ, the decay on ``y``.
+        momentum: heavy-ball momentum μ (``base="sgd"``).
+        base: ``"sgd"`` or ``"adamw"``.
+        betas, adam_eps: Adam's coefficients (``base="adamw"``).
+        foreach: use the multi-tensor path (default: on when every parameter is on CUDA or CPU).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        *,
+        K: float = 9.0,
+        M: float = 2.0,
+        eps: float = 0.0,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        base: str = "sgd",
+        betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "K": K,
+            "M": M,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "base": base,
+            "betas": betas,
+            "adam_eps": adam_eps,
+            "foreach": foreach,
+        }
+        validate_hyperparameters(defaults)
+        # Version counter of each parameter right after our last write: a different version at the
+        # next step means someone else wrote into the parameter, so y must be re-derived from it.
+        self._written_version: dict[Tensor, int] = {}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        validate_hyperparameters(self.param_groups[-1])
+        for p in self.param_groups[-1]["params"]:
+            if p.is_complex() or not p.is_floating_point():
+                raise ValueError("ReWA: parameters must be real floating-point tensors")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_written_version", {})
+
+    # ------------------------------------------------------------------ state
+
+    def _needs_master(self, p: Tensor, group: dict[str, Any]) -> bool:
+        return "y" in self.state[p] or float(group["K"]) != 1.0 or p.dtype != master_dtype(p.dtype)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> None:
+        """Create whatever state this parameter's group needs and it does not have yet."""
+        state = self.state[p]
+        dtype = master_dtype(p.dtype)
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        if "y" not in state and self._needs_master(p, group):
+            state["y"] = F.y_from_x(p, float(group["K"]), dtype)
+        if group["base"] == "sgd":
+            needed = ("momentum_buffer",) if float(group["momentum"]) != 0.0 else ()
+        else:
+            needed = ("exp_avg", "exp_avg_sq")
+        for key in needed:
+            if key not in state:
+                state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _resync_if_modified(self, p: Tensor, group: dict[str, Any]) -> None:
+        """Re-derive y from p if p was written outside the optimizer since our last step."""
+        seen = self._written_version.get(p)
+        state = self.state[p]
+        if seen is not None and seen != p._version and "y" in state:
+            state["y"] = F.y_from_x(p, float(group["K"]), state["y"].dtype)
+
+    @torch.no_grad()
+    def resync(self) -> None:
+        """Recompute every y from its parameter (after editing parameters in place by hand)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "y" in self.state[p]:
+                    self.state[p]["y"] = F.y_from_x(p, float(group["K"]), self.state[p]["y"].dtype)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch casts every floating state tensor to the parameter's dtype; master copies of a
+        # bfloat16/float16 parameter must keep their float32 precision, so restore them after.
+        saved_state = state_dict["state"]
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        pairs = list(zip(saved_ids, params, strict=True))
+        super().load_state_dict(state_dict)
+        for saved_id, p in pairs:
+            for key in _MASTER_KEYS:
+                value = saved_state.get(saved_id, {}).get(key)
+                if isinstance(value, Tensor):
+                    self.state[p][key] = value.to(
+                        device=p.device, dtype=master_dtype(p.dtype), copy=True
+                    )
+        self._written_version = {}
+
+    # ------------------------------------------------------------------ step
+
+    @staticmethod
+    def _hyper(group: dict[str, Any]) -> F.Hyper:
+        def f(name: str) -> float:
+            value = group[name]
+            return float(value.item() if isinstance(value, Tensor) else value)
+
+        beta1, beta2 = (float(b) for b in group["betas"])
+        return F.Hyper(
+            lr=f("lr"),
+            K=f("K"),
+            M=f("M"),
+            eps=f("eps"),
+            weight_decay=f("weight_decay"),
+            momentum=f("momentum"),
+            beta1=beta1,
+            beta2=beta2,
+            adam_eps=f("adam_eps"),
+        )
+
+    def _use_foreach(self, group: dict[str, Any], params: list[Tensor]) -> bool:
+        if group["foreach"] is not None:
+            return bool(group["foreach"])
+        return all(p.device.type in ("cpu", "cuda") for p in params)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("ReWA does not support sparse gradients")
+            self._init_state(p, group)
+            self._resync_if_modified(p, group)
+        h = self._hyper(group)
+        if self._use_foreach(group, params):
+            for bucket in self._buckets(params):
+                self._foreach_update(bucket, group, h)
+        else:
+            for p in params:
+                self._single_update(p, group, h)
+        if h.lr != 0.0:
+            for p in params:
+                self._written_version[p] = p._version
+
+    def _buckets(self, params: list[Tensor]) -> list[list[Tensor]]:
+        """Group parameters by (device, dtype, has master y) for the multi-tensor kernels."""
+        buckets: dict[tuple[Any, ...], list[Tensor]] = defaultdict(list)
+        for p in params:
+            buckets[(p.device, p.dtype, "y" in self.state[p])].append(p)
+        return list(buckets.values())
+
+    def _single_update(self, p: Tensor, group: dict[str, Any], h: F.Hyper) -> None:
+        state = self.state[p]
+        state["step"] += 1
+        has_master = "y" in state
+        x = p if has_master else None
+        y = state["y"] if has_master else p
+        if group["base"] == "sgd":
+            F.sgd_step(x, y, p.grad, state.get("momentum_buffer"), h)
+        else:
+            F.adamw_step(x, y, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], h)
+
+    def _foreach_update(self, params: list[Tensor], group: dict[str, Any], h: F.Hyper) -> None:
+        states = [self.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1.0)
+        has_master = "y" in states[0]
+        xs = params if has_master else None
+        ys = [s["y"] for s in states] if has_master else params
+        grads = [p.grad for p in params]
+        if group["base"] == "sgd":
+            bufs = [s["momentum_buffer"] for s in states] if h.momentum != 0.0 else None
+            F.foreach_sgd_step(xs, ys, grads, bufs, h)
+        else:
+            ms = [s["exp_avg"] for s in states]
+            vs = [s["exp_avg_sq"] for s in states]
+            F.foreach_adamw_step(xs, ys, grads, ms, vs, steps, h)

@@ -1,0 +1,1 @@
+"""Tables and plots people want to look at."""

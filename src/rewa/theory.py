@@ -1,0 +1,73 @@
+"""The ℓp problem ReWA solves implicitly, and exact scalar solutions for tests and plots.
+
+With ε = 0 and no momentum, a nonzero fixed point of ReWA satisfies the stationarity condition of
+f(x) + λ‖x‖_p^p with p = (K + 1 − M)/K and λ = κ/p (METHOD.md, "Implicit ℓp").
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def lp_exponent(K: float, M: float) -> float:
+    """p = (K + 1 − M)/K: the ℓp exponent ReWA(K, M) behaves like."""
+    if K < 1 or M < 0:
+        raise ValueError(f"need K >= 1 and M >= 0, got K={K}, M={M}")
+    return (K + 1.0 - M) / K
+
+
+def lp_lambda(weight_decay: float, K: float, M: float) -> float:
+    """λ = κ/p: the ℓp penalty strength equivalent to weight decay κ under ReWA(K, M)."""
+    p = lp_exponent(K, M)
+    if p <= 0:
+        raise ValueError(f"M < K + 1 is needed for a positive exponent, got K={K}, M={M}")
+    return weight_decay / p
+
+
+def lp_objective(x: float, a: float, lam: float, p: float) -> float:
+    """½(x − a)² + λ|x|^p."""
+    return 0.5 * (x - a) ** 2 + lam * abs(x) ** p
+
+
+def lp_stationary_point(a: float, lam: float, p: float) -> float:
+    """The largest-magnitude nonzero stationary point of ½(x − a)² + λ|x|^p, or 0 if none.
+
+    It is the root of x − a + λ·p·x^(p−1) = 0 (for a > 0) that gradient descent started at a
+    reaches; for p ≤ 1 it is the nonzero local minimizer. Solved by bisection to float64 accuracy.
+    """
+    if lam < 0 or p <= 0:
+        raise ValueError(f"need lam >= 0 and p > 0, got lam={lam}, p={p}")
+    if a == 0 or lam == 0:
+        return a
+    sign, a = math.copysign(1.0, a), abs(a)
+
+    def h(x: float) -> float:
+        return x - a + lam * p * x ** (p - 1.0)
+
+    if p == 1.0:
+        return sign * max(a - lam, 0.0)
+    if p < 1.0:
+        # h is convex on x > 0 with its minimum at x_min; the largest root lies in [x_min, a].
+        x_min = (lam * p * (1.0 - p)) ** (1.0 / (2.0 - p))
+        if x_min >= a or h(x_min) > 0:
+            return 0.0
+        lo, hi = x_min, a
+    else:
+        lo, hi = 0.0, a  # h is increasing from h(0) = −a to h(a) > 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if h(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+    return sign * (hi if abs(h(hi)) < abs(h(lo)) else lo)
+
+
+def lp_prox(a: float, lam: float, p: float) -> float:
+    """The global minimizer of ½(x − a)² + λ|x|^p (the scalar ℓp proximal map)."""
+    x = lp_stationary_point(a, lam, p)
+    if x != 0 and lp_objective(x, a, lam, p) > lp_objective(0.0, a, lam, p):
+        return 0.0
+    return x
