@@ -39,7 +39,8 @@ def _cpu_model() -> str:
 
 def provenance() -> dict[str, Any]:
     """A JSON-able record to store next to every result file."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # results/ is excluded: rerunning a committed experiment rewrites its own files there
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
     record: dict[str, Any] = {
         "command": " ".join(["rewa", *sys.argv[1:]]) if sys.argv else "",
         "commit": _git("rev-parse", "HEAD"),
