@@ -15,6 +15,7 @@ generic::
         loss.backward()
         method.optimizer.step()
         method.after_step(step, total_steps)
+        method.observe_loss(loss.item())  # optional: only lp's stability monitor uses it
     method.fold()  # model now holds plain dense weights with exact zeros where pruned
 """
 
@@ -27,9 +28,15 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from rewa.baselines.gmp import SCOPES, GradualPruning
+from rewa.baselines.penalties import StabilityMonitor, l1_penalty, lp_penalty
+from rewa.baselines.spred import apply_spred, fold_spred, spred_factors
+from rewa.baselines.str_ import apply_str, fold_str, str_parameters
 from rewa.errors import UsageError
 from rewa.optim import ReWA, param_groups
 from rewa.optim.groups import PLAIN
+from rewa.optim.prox import ProxL1
+from rewa.sparsity import sparsifiable_parameters
 
 
 class SparseMethod:
@@ -80,6 +87,14 @@ class SparseMethod:
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after every optimizer step; ``step`` counts from 0."""
+
+    def observe_loss(self, loss: float) -> None:
+        """Optional: the step's training loss, for methods that monitor it (``lp``)."""
+        del loss
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Optional numbers about the run so far (e.g. ``lp``'s stability report)."""
+        return {}
 
     def fold(self) -> nn.Module:
         """Turn the model into a plain model with its effective weights; returns it."""
@@ -156,6 +171,264 @@ class DenseMethod(SparseMethod):
         return self.torch_optimizer(groups, o["weight_decay"])
 
 
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(conv/linear weights that are plain parameters, every other trainable parameter)."""
+    sparse = [p for _, p in sparsifiable_parameters(model) if p.requires_grad]
+    ids = {id(p) for p in sparse}
+    other, seen = [], set(ids)
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            other.append(p)
+    return sparse, other
+
+
+def _groups(*pairs: tuple[list[nn.Parameter], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parameter groups from (params, settings) pairs, leaving out empty ones."""
+    return [{"params": params, **settings} for params, settings in pairs if params]
+
+
+class _TorchBaseMethod(SparseMethod):
+    """Helpers for methods that train with torch's SGD/AdamW: weight decay per group."""
+
+    def _require(self, ok: bool, message: str) -> None:
+        if not ok:
+            raise UsageError(f"method {self.name!r}: {message}")
+
+    def _nonneg(self, *names: str) -> None:
+        for name in names:
+            value = self.options[name]
+            self._require(
+                isinstance(value, (int, float)) and 0 <= value < float("inf"),
+                f"option {name} must be a number >= 0, got {value!r}",
+            )
+
+
+class L1Method(_TorchBaseMethod):
+    """ℓ1 by subgradient: ``lam·Σ|x|`` over the conv/linear weights added to the loss (no exact
+    zeros: the iterates oscillate around 0)."""
+
+    name = "l1"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "lam": 1e-4,
+        "weight_decay": 0.0,
+        "other_weight_decay": 0.0,
+    }
+
+    def prepare_model(self) -> None:
+        self._nonneg("lam", "weight_decay", "other_weight_decay")
+        self.sparse, self.other = split_parameters(self.model)
+
+    def make_optimizer(self) -> Optimizer:
+        o = self.options
+        groups = _groups(
+            (self.sparse, {"weight_decay": o["weight_decay"]}),
+            (self.other, {"weight_decay": o["other_weight_decay"]}),
+        )
+        return self.torch_optimizer(groups, o["weight_decay"])
+
+    def penalty(self) -> Tensor | None:
+        return l1_penalty(self.sparse, self.options["lam"])
+
+
+class L1ProxMethod(_TorchBaseMethod):
+    """ℓ1 by a proximal step (:class:`rewa.optim.prox.ProxL1`): SGD/AdamW, then a soft threshold
+    of the conv/linear weights by ``lr·lam`` (exact zeros)."""
+
+    name = "l1-prox"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "lam": 1e-4,
+        "weight_decay": 0.0,
+        "other_weight_decay": 0.0,
+        "precondition": True,
+    }
+
+    def prepare_model(self) -> None:
+        self._nonneg("lam", "weight_decay", "other_weight_decay")
+        self.sparse, self.other = split_parameters(self.model)
+
+    def make_optimizer(self) -> Optimizer:
+        o = self.options
+        groups = _groups(
+            (self.sparse, {"l1": o["lam"], "weight_decay": o["weight_decay"]}),
+            (self.other, {"l1": 0.0, "weight_decay": o["other_weight_decay"]}),
+        )
+        if self.base not in ("sgd", "adamw"):
+            raise UsageError(f"base must be 'sgd' or 'adamw', got {self.base!r}")
+        return ProxL1(
+            groups,
+            lr=self.lr,
+            base=self.base,
+            momentum=self.momentum,
+            precondition=bool(o["precondition"]),
+        )
+
+
+class LpMethod(_TorchBaseMethod):
+    """Direct ℓp: ``lam·Σ(|x| + delta)^p`` over the conv/linear weights added to the loss.
+
+    ``delta = 0`` is the raw penalty with an unbounded gradient at 0 — the instability ReWA
+    avoids; :meth:`diagnostics` reports it (largest update, non-finite values, loss spikes).
+    """
+
+    name = "lp"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "lam": 1e-4,
+        "p": 8.0 / 9.0,
+        "delta": 1e-6,
+        "weight_decay": 0.0,
+        "other_weight_decay": 0.0,
+    }
+
+    def prepare_model(self) -> None:
+        self._nonneg("lam", "delta", "weight_decay", "other_weight_decay")
+        p = self.options["p"]
+        self._require(
+            isinstance(p, (int, float)) and 0 < p <= 2, f"option p must be in (0, 2], got {p!r}"
+        )
+        self.sparse, self.other = split_parameters(self.model)
+        self.monitor = StabilityMonitor(self.sparse)
+
+    def make_optimizer(self) -> Optimizer:
+        o = self.options
+        groups = _groups(
+            (self.sparse, {"weight_decay": o["weight_decay"]}),
+            (self.other, {"weight_decay": o["other_weight_decay"]}),
+        )
+        return self.torch_optimizer(groups, o["weight_decay"])
+
+    def penalty(self) -> Tensor | None:
+        self.monitor.before_step()
+        o = self.options
+        return lp_penalty(self.sparse, o["lam"], o["p"], o["delta"])
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        if self.monitor._before:
+            self.monitor.after_step()
+
+    def observe_loss(self, loss: float) -> None:
+        self.monitor.observe_loss(loss)
+
+    def diagnostics(self) -> dict[str, Any]:
+        return self.monitor.report.as_dict()
+
+
+class SpredMethod(_TorchBaseMethod):
+    """Spred: every conv/linear weight reparameterized as u ⊙ v (sqrt init) and trained with
+    ordinary weight decay on u and v — ℓ1 with λ = weight_decay at minima. :meth:`fold` writes
+    x = u ⊙ v back as plain weights."""
+
+    name = "spred"
+    OPTIONS: ClassVar[dict[str, Any]] = {"weight_decay": 1e-4, "other_weight_decay": 0.0}
+
+    def prepare_model(self) -> None:
+        self._nonneg("weight_decay", "other_weight_decay")
+        apply_spred(self.model)
+
+    def make_optimizer(self) -> Optimizer:
+        o = self.options
+        factors = spred_factors(self.model)
+        ids = {id(p) for p in factors}
+        other = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+        groups = _groups(
+            (factors, {"weight_decay": o["weight_decay"]}),
+            (other, {"weight_decay": o["other_weight_decay"]}),
+        )
+        return self.torch_optimizer(groups, o["weight_decay"])
+
+    def fold(self) -> nn.Module:
+        return fold_spred(self.model)
+
+
+class STRMethod(_TorchBaseMethod):
+    """STR: x = sign(w)·ReLU(|w| − sigmoid(s)) with one learnable ``s`` per conv/linear layer
+    (initialized to ``s_init``); ``weight_decay`` applies to w and s, which raises the thresholds.
+    :meth:`fold` writes x back as plain weights (exact zeros)."""
+
+    name = "str"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "weight_decay": 1e-4,
+        "s_init": -5.0,
+        "other_weight_decay": 0.0,
+    }
+
+    def prepare_model(self) -> None:
+        self._nonneg("weight_decay", "other_weight_decay")
+        apply_str(self.model, float(self.options["s_init"]))
+
+    def make_optimizer(self) -> Optimizer:
+        o = self.options
+        hidden, thresholds = str_parameters(self.model)
+        ids = {id(p) for p in hidden + thresholds}
+        other = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+        groups = _groups(
+            (hidden + thresholds, {"weight_decay": o["weight_decay"]}),
+            (other, {"weight_decay": o["other_weight_decay"]}),
+        )
+        return self.torch_optimizer(groups, o["weight_decay"])
+
+    def fold(self) -> nn.Module:
+        return fold_str(self.model)
+
+
+class GMPMethod(_TorchBaseMethod):
+    """Gradual magnitude pruning: SGD/AdamW with weight decay; sparsity ramped from ``initial`` to
+    ``target`` by the cubic schedule between ``start`` and ``end`` (fractions of training),
+    masks updated every ``frequency`` steps (``scope`` global or per layer). Masks are in
+    :meth:`state_dict`."""
+
+    name = "gmp"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "target": 0.9,
+        "initial": 0.0,
+        "start": 0.0,
+        "end": 0.75,
+        "frequency": 100,
+        "scope": "global",
+        "weight_decay": 1e-4,
+        "other_weight_decay": 0.0,
+    }
+
+    def prepare_model(self) -> None:
+        o = self.options
+        self._nonneg("weight_decay", "other_weight_decay")
+        self._require(o["scope"] in SCOPES, f"option scope must be one of {', '.join(SCOPES)}")
+        try:
+            self.pruning = GradualPruning(
+                self.model,
+                target=float(o["target"]),
+                initial=float(o["initial"]),
+                start=float(o["start"]),
+                end=float(o["end"]),
+                frequency=int(o["frequency"]),
+                scope=o["scope"],
+            )
+        except ValueError as err:
+            raise UsageError(f"method 'gmp': {err}") from None
+        self.sparse, self.other = split_parameters(self.model)
+
+    def make_optimizer(self) -> Optimizer:
+        o = self.options
+        groups = _groups(
+            (self.sparse, {"weight_decay": o["weight_decay"]}),
+            (self.other, {"weight_decay": o["other_weight_decay"]}),
+        )
+        return self.torch_optimizer(groups, o["weight_decay"])
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.pruning.after_step(step, total_steps)
+
+    def fold(self) -> nn.Module:
+        self.pruning.pruner.apply()
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gmp": self.pruning.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pruning.load_state_dict(state["gmp"])
+
+
 METHODS: dict[str, type[SparseMethod]] = {}
 
 
@@ -165,8 +438,17 @@ def register(cls: type[SparseMethod]) -> type[SparseMethod]:
     return cls
 
 
-register(ReWAMethod)
-register(DenseMethod)
+for _cls in (
+    ReWAMethod,
+    DenseMethod,
+    L1Method,
+    L1ProxMethod,
+    LpMethod,
+    SpredMethod,
+    STRMethod,
+    GMPMethod,
+):
+    register(_cls)
 
 
 def build_method(

@@ -1,0 +1,188 @@
+"""GMP: gradual magnitude pruning with the cubic sparsity schedule (Zhu & Gupta, 2017).
+
+Between ``start`` and ``end`` (fractions of the training steps) the target sparsity rises as
+
+    s(t) = s_f + (s_i − s_f)·(1 − (t − t₀)/(t₁ − t₀))³
+
+and every ``frequency`` steps the smallest-magnitude weights (globally or per layer) are masked to
+reach s(t). Masks only grow (a pruned weight stays pruned) and are re-applied after every step, so
+the model always holds exact zeros where it is pruned. The masks are part of :meth:`state_dict`,
+so a resumed run continues with the same masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rewa.sparsity import sparsifiable_parameters
+
+SCOPES = ("global", "layer")
+
+
+def cubic_sparsity(
+    step: int,
+    total_steps: int,
+    *,
+    target: float,
+    initial: float = 0.0,
+    start: float = 0.0,
+    end: float = 0.75,
+) -> float:
+    """The scheduled sparsity at ``step``: ``initial`` before ``start``, ``target`` after ``end``.
+
+    ``start`` and ``end`` are fractions of ``total_steps``.
+    """
+    t0, t1 = start * total_steps, end * total_steps
+    if step < t0:
+        return initial
+    if step >= t1 or t1 <= t0:
+        return target
+    progress = (step - t0) / (t1 - t0)
+    return target + (initial - target) * (1.0 - progress) ** 3
+
+
+class MagnitudePruner:
+    """Holds one boolean mask per weight tensor (True = kept) and updates them by magnitude."""
+
+    def __init__(self, model: nn.Module, *, scope: str = "global") -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        self.scope = scope
+        self.weights: dict[str, nn.Parameter] = dict(sparsifiable_parameters(model))
+        self.masks: dict[str, Tensor] = {
+            name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()
+        }
+        self.sparsity = 0.0  # the last sparsity pruned to
+
+    @torch.no_grad()
+    def prune_to(self, sparsity: float) -> None:
+        """Grow the masks so that a fraction ``sparsity`` of the weights is pruned."""
+        if self.scope == "global":
+            self._prune_group(list(self.weights), sparsity)
+        else:
+            for name in self.weights:
+                self._prune_group([name], sparsity)
+        self.sparsity = sparsity
+        self.apply()
+
+    def _prune_group(self, names: list[str], sparsity: float) -> None:
+        # Already-pruned weights rank first (score −1), so the masks only grow.
+        scores = torch.cat(
+            [
+                self.weights[n]
+                .detach()
+                .abs()
+                .flatten()
+                .float()
+                .masked_fill(~self.masks[n].flatten(), -1.0)
+                for n in names
+            ]
+        )
+        count = min(math.floor(sparsity * scores.numel() + 1e-9), scores.numel())
+        if count == 0:
+            return
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        keep[torch.topk(scores, count, largest=False, sorted=False).indices] = False
+        offset = 0
+        for n in names:
+            size = self.masks[n].numel()
+            self.masks[n] &= keep[offset : offset + size].view_as(self.masks[n])
+            offset += size
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero every pruned weight."""
+        for name, w in self.weights.items():
+            w.mul_(self.masks[name].to(w.dtype))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "masks": {n: m.clone() for n, m in self.masks.items()},
+            "sparsity": self.sparsity,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        masks = state["masks"]
+        if set(masks) != set(self.masks):
+            differ = sorted(set(masks) ^ set(self.masks))
+            raise ValueError(f"mask names differ from the model's weights: {differ}")
+        for name, mask in masks.items():
+            if mask.shape != self.masks[name].shape:
+                raise ValueError(
+                    f"mask {name!r} has shape {tuple(mask.shape)}, weight has "
+                    f"{tuple(self.masks[name].shape)}"
+                )
+            self.masks[name] = mask.to(device=self.masks[name].device, dtype=torch.bool).clone()
+        self.sparsity = float(state["sparsity"])
+        self.apply()
+
+    def mask_sparsity(self) -> float:
+        total = sum(m.numel() for m in self.masks.values())
+        return sum(int((~m).sum()) for m in self.masks.values()) / max(total, 1)
+
+
+class GradualPruning:
+    """A :class:`MagnitudePruner` driven by :func:`cubic_sparsity`: call :meth:`after_step` after
+    every optimizer step (``step`` counts from 0)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        target: float,
+        initial: float = 0.0,
+        start: float = 0.0,
+        end: float = 0.75,
+        frequency: int = 100,
+        scope: str = "global",
+    ) -> None:
+        if not (0.0 <= initial <= target < 1.0):
+            raise ValueError(f"need 0 <= initial <= target < 1, got {initial}, {target}")
+        if not (0.0 <= start <= end <= 1.0):
+            raise ValueError(
+                f"need 0 <= start <= end <= 1 (fractions of training), got {start}, {end}"
+            )
+        if frequency < 1:
+            raise ValueError(f"frequency must be >= 1 step, got {frequency}")
+        self.target, self.initial = target, initial
+        self.start, self.end, self.frequency = start, end, frequency
+        self.pruner = MagnitudePruner(model, scope=scope)
+
+    def scheduled(self, step: int, total_steps: int) -> float:
+        return cubic_sparsity(
+            step,
+            total_steps,
+            target=self.target,
+            initial=self.initial,
+            start=self.start,
+            end=self.end,
+        )
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """Whether the masks are updated after ``step``: every ``frequency`` steps from the start
+        of the ramp, and at the first step past its end."""
+        t0 = math.ceil(self.start * total_steps)
+        if step < t0:
+            return False
+        on_beat = (step - t0) % self.frequency == 0
+        past_end = step >= self.end * total_steps
+        return on_beat or past_end
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        if self.due(step, total_steps):
+            sparsity = self.scheduled(step, total_steps)
+            if sparsity > self.pruner.sparsity:
+                self.pruner.prune_to(sparsity)
+                return
+        self.pruner.apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.pruner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pruner.load_state_dict(state)
