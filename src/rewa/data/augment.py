@@ -36,12 +36,13 @@ def apply_crop_flip(
     device = images.device
     top, left, flip = top.to(device), left.to(device), flip.to(device)
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
+    hp, wp = padded.shape[-2:]
     rows = top[:, None] + torch.arange(h, device=device)  # (B, H)
     cols = torch.arange(w, device=device)
     cols = torch.where(flip[:, None], w - 1 - cols, cols) + left[:, None]  # (B, W)
-    batch = torch.arange(b, device=device)[:, None, None, None]
-    channel = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    # One gather over flattened pixels (several times faster than 4-D advanced indexing).
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, hp * wp).gather(2, flat).view(b, c, h, w)
 
 
 def random_crop_flip(
