@@ -13,6 +13,7 @@ from rewa.errors import UsageError
 # Each module defines register(subparsers) adding its parser with set_defaults(func=...).
 COMMANDS = [
     "rewa.experiments.demo",
+    "rewa.experiments.train_cli",
 ]
 
 

@@ -1,0 +1,107 @@
+"""Compare training runs: one table (markdown + CSV) and one accuracy–sparsity plot.
+
+Each run directory must hold the ``eval.json`` written at the end of training (or by
+``rewa eval``). Accuracy at a target sparsity is the *measured* accuracy at the smallest swept
+threshold whose sparsity reaches the target (the sweep contains the global-magnitude threshold of
+each target), not an interpolation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rewa.errors import UsageError
+from rewa.provenance import provenance
+from rewa.report import curves
+from rewa.report.tables import markdown_table, write_csv, write_json
+from rewa.train.evaluation import accuracy_at_sparsity
+
+TARGETS = (0.9, 0.95, 0.98, 0.99)
+
+
+def load_eval(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "eval.json"
+    if not path.exists():
+        raise UsageError(
+            f"{run_dir}: no eval.json (the run has not finished; run `rewa eval {run_dir}`)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"{path} is not valid JSON ({err.msg}); rerun `rewa eval {run_dir}`"
+        ) from None
+
+
+def _options(config: dict[str, Any]) -> str:
+    method = config["method"]
+    opts = {**method.get("options", {})}
+    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items()]
+    parts.append(f"lr={method['lr']:g}")
+    if method.get("base", "sgd") != "sgd":
+        parts.append(f"base={method['base']}")
+    return " ".join(parts)
+
+
+def run_row(run_dir: str | Path, evaluation: dict[str, Any], split: str) -> dict[str, Any]:
+    """One table row: method, options, final accuracies, accuracy at each target sparsity."""
+    config = evaluation["config"]
+    final = evaluation["final"]
+    row: dict[str, Any] = {
+        "run": Path(run_dir).name,
+        "method": config["method"]["name"],
+        "options": _options(config),
+        "model": config["model"]["name"],
+        "epochs": f"{evaluation['epoch']}/{evaluation['epochs']}",
+        "val_acc": final.get("val_acc"),
+        "test_acc": final.get("test_acc"),
+        "exact_sparsity": final["sparsity"],
+    }
+    for target in TARGETS:
+        hit = accuracy_at_sparsity(evaluation["sweep"], target, split)
+        row[f"{split}@{target:.0%}"] = hit["accuracy"] if hit else None
+        row[f"sparsity@{target:.0%}"] = hit["sparsity"] if hit else None
+    return row
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path], out_dir: str | Path, *, split: str = "test"
+) -> list[dict[str, Any]]:
+    """Write comparison.md / .csv / .json and accuracy_sparsity.png into ``out_dir``."""
+    if not run_dirs:
+        raise UsageError("give at least one run directory")
+    evaluations = {str(d): load_eval(d) for d in run_dirs}
+    rows = [run_row(d, e, split) for d, e in evaluations.items()]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target_cols = [f"{split}@{t:.0%}" for t in TARGETS]
+    columns = ["run", "method", "options", "epochs", "val_acc", "test_acc", "exact_sparsity"]
+    formats = {"val_acc": ".4f", "test_acc": ".4f", "exact_sparsity": ".2%"}
+    formats.update({c: ".4f" for c in target_cols})
+    table = markdown_table(rows, [*columns, *target_cols], formats)
+    note = (
+        f"Accuracy on the {split} split of the last epoch's weights, pruned by one global "
+        "magnitude threshold (no fine-tuning). `{split}@S` is the measured accuracy at the "
+        "smallest swept threshold whose sparsity is >= S (not interpolated; the achieved "
+        "sparsity of each point is in the CSV). Sparsity denominator: conv + linear weights."
+    ).replace("{split}", split)
+    (out / "comparison.md").write_text(table + "\n\n" + note + "\n")
+    all_columns = [*columns, "model", *target_cols, *(f"sparsity@{t:.0%}" for t in TARGETS)]
+    write_csv(out / "comparison.csv", rows, all_columns)
+    write_json(
+        out / "comparison.json",
+        {"provenance": provenance(), "runs": list(evaluations), "rows": rows, "note": note},
+    )
+    curves.accuracy_sparsity_plot(
+        out / "accuracy_sparsity.png",
+        {
+            f"{row['run']} ({row['method']})": curves.sweep_curve(e["sweep"], split)
+            for row, e in zip(rows, evaluations.values(), strict=True)
+        },
+        ylabel=f"{split} accuracy",
+        title=f"accuracy vs sparsity ({split}, last epoch, one-shot global threshold)",
+    )
+    return rows

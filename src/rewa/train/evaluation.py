@@ -1,0 +1,146 @@
+"""Accuracy of a model, and the threshold sweep of METHOD.md (accuracy of the pruned model).
+
+The sweep always uses the weights it is given (the trainer passes the last epoch's weights, never
+a "best test" epoch): for each τ every conv/linear weight with |x| <= τ is zeroed on a copy of the
+model, and the copy's sparsity and accuracy on each split are recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rewa.sparsity import prune_, sparsifiable_parameters, sparsity_report
+from rewa.train.distributed import sum_over_ranks
+
+
+@dataclass
+class Accuracy:
+    loss: float
+    accuracy: float
+    n: int
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast for the forward pass on ``device`` (parameters stay float32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    bf16: bool = False,
+) -> Accuracy:
+    """Mean cross-entropy and top-1 accuracy of ``model`` over ``batches`` (eval mode).
+
+    Counts are summed over ranks, so under DDP each rank may evaluate its own shard.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    for inputs, labels in batches:
+        with autocast(device, bf16):
+            logits = model(inputs)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
+        n += labels.numel()
+    model.train(was_training)
+    loss, hits, count = sum_over_ranks(float(loss_sum), float(correct), n)
+    if count == 0:
+        return Accuracy(math.nan, math.nan, 0)
+    return Accuracy(loss / count, hits / count, int(count))
+
+
+def sweep_thresholds(
+    model: nn.Module, thresholds: Sequence[float], target_sparsities: Sequence[float]
+) -> list[tuple[float, str]]:
+    """(τ, why) pairs, ascending: τ = 0 (the model as trained), the fixed ``thresholds`` and the
+    global-magnitude τ that reaches each target sparsity."""
+    magnitudes = torch.cat(
+        [p.detach().abs().flatten().float().cpu() for _, p in sparsifiable_parameters(model)]
+    )
+    points = {0.0: "as trained"}
+    for tau in thresholds:
+        points.setdefault(float(tau), "fixed")
+    for target in target_sparsities:
+        # the smallest τ whose sparsity is >= target (kth smallest magnitude, k = ceil(target·n))
+        k = math.ceil(target * magnitudes.numel() - 1e-9)
+        if k > 0:
+            tau = float(torch.kthvalue(magnitudes, min(k, magnitudes.numel())).values)
+            points.setdefault(tau, f"target {target:g}")
+    return sorted(points.items())
+
+
+@torch.no_grad()
+def threshold_sweep(
+    model: nn.Module,
+    splits: Mapping[str, Any],
+    *,
+    thresholds: Sequence[float],
+    target_sparsities: Sequence[float] = (),
+    device: torch.device,
+    bf16: bool = False,
+    progress=None,
+) -> list[dict[str, Any]]:
+    """For each τ: zero |x| <= τ on a copy of ``model`` (a plain, folded model), then record
+    sparsity and accuracy on every split (``splits``: name -> iterable of batches).
+
+    A τ that zeroes no more weights than the previous one reuses its accuracies.
+    """
+    if len(sparsifiable_parameters(model)) == 0:
+        raise ValueError("threshold_sweep: the model has no plain conv/linear weights")
+    points = []
+    previous: dict[str, Any] | None = None
+    for tau, why in sweep_thresholds(model, thresholds, target_sparsities):
+        pruned = copy.deepcopy(model)
+        if tau > 0:
+            prune_(pruned, threshold=tau)
+        report = sparsity_report(pruned, ())
+        point: dict[str, Any] = {
+            "threshold": tau,
+            "source": why,
+            "sparsity": report.sparsity,
+            "zeros": report.zeros,
+            "total": report.total,
+        }
+        if previous is not None and previous["zeros"] == report.zeros:
+            point.update({k: previous[k] for k in previous if k.endswith(("_acc", "_loss"))})
+        else:
+            for name, batches in splits.items():
+                result = evaluate(pruned, batches, device=device, bf16=bf16)
+                point[f"{name}_acc"] = result.accuracy
+                point[f"{name}_loss"] = result.loss
+        points.append(point)
+        previous = point
+        if progress is not None:
+            progress(point)
+    return points
+
+
+def accuracy_at_sparsity(
+    points: Sequence[Mapping[str, Any]], target: float, split: str
+) -> dict[str, Any] | None:
+    """The measured point with the smallest threshold whose sparsity is >= ``target``.
+
+    Not interpolated: the sweep includes the global-magnitude τ of each target sparsity, so the
+    returned point's sparsity is the target or (ties, exact zeros) slightly above. None when no
+    point reaches the target.
+    """
+    key = f"{split}_acc"
+    reached = [p for p in points if p["sparsity"] >= target and key in p]
+    if not reached:
+        return None
+    best = min(reached, key=lambda p: p["threshold"])
+    return {"sparsity": best["sparsity"], "accuracy": best[key], "threshold": best["threshold"]}

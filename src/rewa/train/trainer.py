@@ -1,0 +1,575 @@
+"""The training loop: config -> run directory -> metrics, checkpoints, resume, final evaluation.
+
+Every method goes through :func:`rewa.methods.build_method` (optimizer, penalty, after-step hook,
+fold); the loop knows nothing about any particular method. Rank-0-only logging and checkpoints and
+sharded batches make it ready for torchrun (see :mod:`rewa.train.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rewa.data.batches import TensorBatches
+from rewa.data.cifar import CifarData, load_cifar
+from rewa.errors import UsageError
+from rewa.methods import SparseMethod, build_method
+from rewa.models import build_model
+from rewa.provenance import provenance
+from rewa.sparsity import sparsity_report, unwrap
+from rewa.train import checkpoint, distributed
+from rewa.train.config import Config, config_from_dict
+from rewa.train.evaluation import autocast, evaluate
+from rewa.train.rundir import CONFIG, METRICS, RUN_INFO, TENSORBOARD, MetricsLog, RunLock, prepare
+
+FORMAT = 1
+TRAIN_THRESHOLDS = (1e-6, 1e-4, 1e-3, 1e-2)  # sparsity logged every epoch
+
+
+class NonFiniteError(UsageError):
+    """The loss or a gradient was NaN/inf and ``train.skip_nonfinite`` is off."""
+
+
+# ---------------------------------------------------------------- test-only fault injection
+
+
+@dataclass
+class Faults:
+    """Failures injected by the reliability tests through environment variables.
+
+    ``REWA_TEST_NONFINITE_STEPS=3,7``: the gradients of those global steps are made NaN.
+    ``REWA_TEST_PAUSE_AT_STEP=N`` with ``REWA_TEST_PAUSE_FILE=path``: before step N the process
+    creates ``path`` and sleeps, so that a test can kill it at a known point mid-epoch.
+    """
+
+    nonfinite_steps: frozenset[int] = frozenset()
+    pause_at_step: int | None = None
+    pause_file: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        steps = os.environ.get("REWA_TEST_NONFINITE_STEPS", "")
+        pause = os.environ.get("REWA_TEST_PAUSE_AT_STEP")
+        return cls(
+            frozenset(int(s) for s in steps.split(",") if s.strip()),
+            int(pause) if pause else None,
+            os.environ.get("REWA_TEST_PAUSE_FILE"),
+        )
+
+    def before_step(self, step: int) -> None:
+        if self.pause_at_step is not None and step == self.pause_at_step:
+            if self.pause_file:
+                Path(self.pause_file).write_text(str(os.getpid()))
+            while True:  # wait to be killed
+                time.sleep(1.0)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of every random generator the loop may touch (checkpoint-safe types)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"train.device: unknown device {name!r} (use auto, cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("train.device is cuda but no CUDA device is available")
+    return device
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, cosine: bool) -> float:
+    """Linear warmup over ``warmup_steps`` then cosine decay to 0 at ``total_steps`` (per step)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine:
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def load_data(config: Config) -> CifarData:
+    d = config.data
+    data = load_cifar(
+        d.dataset, d.data_dir, download=d.download, val_size=d.val_size, seed=d.split_seed
+    )
+    if d.limit_train:
+        data.train_images = data.train_images[: d.limit_train]
+        data.train_labels = data.train_labels[: d.limit_train]
+    if d.limit_eval:
+        for split in ("val", "test"):
+            setattr(data, f"{split}_images", getattr(data, f"{split}_images")[: d.limit_eval])
+            setattr(data, f"{split}_labels", getattr(data, f"{split}_labels")[: d.limit_eval])
+    return data
+
+
+def eval_batches(
+    config: Config, data: CifarData, split: str, device: torch.device
+) -> TensorBatches | None:
+    images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+    if len(labels) == 0:
+        return None
+    return TensorBatches(
+        images,
+        labels,
+        config.data.eval_batch_size,
+        shuffle=False,
+        drop_last=False,
+        augment=False,
+        mean=data.mean,
+        std=data.std,
+        device=device,
+        channels_last=config.model.channels_last,
+    )
+
+
+def build_model_and_method(
+    config: Config, num_classes: int, device: torch.device
+) -> tuple[nn.Module, SparseMethod]:
+    model = build_model(config.model.name, num_classes, **config.model.options).to(device)
+    if config.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    m = config.method
+    method = build_method(
+        m.name, model, lr=m.lr, momentum=m.momentum, base=m.base, options=m.options
+    )
+    return model, method
+
+
+def config_of(payload: dict[str, Any]) -> Config:
+    return config_from_dict(payload["config"])
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+@dataclass
+class EpochStats:
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "n": 0})
+
+
+class Trainer:
+    """Train one run described by ``config`` in ``run_dir``.
+
+    ``echo`` prints one-line messages (rank 0 only); the progress bar goes to stderr.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        *,
+        echo: Callable[[str], None] = print,
+        progress: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.root = Path(run_dir)
+        self.main = distributed.is_main()
+        self._echo = echo
+        self.progress = config.output.progress if progress is None else progress
+        self.faults = Faults.from_env()
+        self.step = 0
+        self.epoch = 0  # completed epochs
+        self.nonfinite_skipped = 0
+        self.tensorboard = None
+
+    def echo(self, text: str) -> None:
+        if not self.main:
+            return
+        if self.progress:
+            tqdm.write(text, file=sys.stderr)
+        else:
+            self._echo(text)
+
+    # ------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = select_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.data = load_data(cfg)
+        self.model, self.method = build_model_and_method(cfg, self.data.num_classes, self.device)
+        self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
+        self.train_batches = TensorBatches(
+            self.data.train_images,
+            self.data.train_labels,
+            cfg.data.batch_size,
+            shuffle=True,
+            drop_last=True,
+            augment=cfg.data.augment,
+            mean=self.data.mean,
+            std=self.data.std,
+            device=self.device,
+            seed=cfg.train.seed,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+            channels_last=cfg.model.channels_last,
+        )
+        self.steps_per_epoch = len(self.train_batches)
+        if self.steps_per_epoch == 0:
+            raise UsageError(
+                f"data.batch_size ({cfg.data.batch_size}) is larger than the training set "
+                f"({len(self.data.train_labels)} images): no full batch per epoch"
+            )
+        self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
+        self.warmup_steps = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
+        for group in self.method.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.val_batches = eval_batches(cfg, self.data, "val", self.device)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+
+    def state(self, finished: bool) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "step": self.step,
+            "finished": finished,
+            "config": self.config.to_dict(),
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.method.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": rng_state(),
+            "counters": {"nonfinite_skipped": self.nonfinite_skipped},
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        if payload.get("format") != FORMAT:
+            found = payload.get("format")
+            raise checkpoint.CheckpointError(f"unsupported checkpoint format {found}")
+        unwrap(self.model).load_state_dict(payload["model"])
+        self.method.optimizer.load_state_dict(payload["optimizer"])
+        self.method.load_state_dict(payload["method"])
+        set_rng_state(payload["rng"])
+        self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
+        self.nonfinite_skipped = int(payload["counters"]["nonfinite_skipped"])
+
+    def resume_from_checkpoint(self) -> bool:
+        """Load the newest good checkpoint; returns False when there is none."""
+        loaded = checkpoint.load_latest_good(self.root)
+        if loaded is None:
+            return False
+        for problem in loaded.problems:
+            self.echo(f"WARNING: {problem}; falling back to {loaded.path.name}")
+        if loaded.problems and self.main:
+            bad = self.root / checkpoint.LATEST
+            if loaded.path.name != checkpoint.LATEST and bad.exists():
+                checkpoint.quarantine(bad)
+        self.restore(loaded.payload)
+        if self.main:
+            MetricsLog(self.root / METRICS).truncate_after(self.step)
+        self.echo(f"resumed from {loaded.path} (epoch {self.epoch}, step {self.step})")
+        return True
+
+    def write_run_files(self, resumed: bool) -> None:
+        if not self.main:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            checkpoint.atomic_write_bytes(self.root / CONFIG, self.config.to_yaml().encode())
+        info_path = self.root / RUN_INFO
+        info = json.loads(info_path.read_text()) if resumed and info_path.exists() else {}
+        sessions = info.get("sessions", [])
+        sessions.append(
+            {
+                **provenance(),
+                "resumed_at_epoch": self.epoch if resumed else None,
+                "device": str(self.device),
+                "world_size": distributed.world_size(),
+            }
+        )
+        info["sessions"] = sessions
+        checkpoint.atomic_write_bytes(info_path, (json.dumps(info, indent=2) + "\n").encode())
+        if self.config.output.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.tensorboard = SummaryWriter(str(self.root / TENSORBOARD))
+
+    # ------------------------------------------------------------ one step
+
+    def set_lr(self) -> float:
+        s = self.config.schedule
+        factor = lr_factor(self.step, self.total_steps, self.warmup_steps, s.cosine)
+        for group in self.method.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.method.optimizer.param_groups[0]["lr"]
+
+    def nonfinite(self, loss: torch.Tensor) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        worst = loss.detach().float().abs().reshape(1)
+        if grads:
+            norms = torch._foreach_norm(grads, float("inf"))
+            worst = torch.cat([worst, torch.stack(norms).float()])
+        flag = (~torch.isfinite(worst)).any().to(torch.float32).reshape(1)
+        return bool(distributed.all_reduce_max(flag).item())
+
+    def nonfinite_names(self, loss: torch.Tensor) -> str:
+        names = [
+            name
+            for name, p in unwrap(self.model).named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        what = [] if torch.isfinite(loss).all() else ["loss"]
+        if names:
+            what.append("gradient of " + ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
+        return " and ".join(what) or "gradient"
+
+    def train_step(self, inputs: torch.Tensor, labels: torch.Tensor, stats: EpochStats) -> None:
+        self.faults.before_step(self.step)
+        self.set_lr()
+        with autocast(self.device, self.config.model.bf16):
+            logits = self.forward_model(inputs)
+        loss = self.criterion(logits.float(), labels)
+        penalty = self.method.penalty()
+        total = loss if penalty is None else loss + penalty
+        self.method.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.step in self.faults.nonfinite_steps:
+            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.nan)
+        if self.nonfinite(total):
+            self.handle_nonfinite(total)
+            stats.skipped += 1
+        else:
+            self.method.optimizer.step()
+            self.method.after_step(self.step, self.total_steps)
+        self.step += 1
+        with torch.no_grad():
+            n = labels.numel()
+            correct = int((logits.argmax(1) == labels).sum())
+            loss_value = float(loss) if math.isfinite(float(loss)) else 0.0
+        stats.loss_sum += loss_value * n
+        stats.correct += correct
+        stats.seen += n
+        stats.window["loss"] += loss_value * n
+        stats.window["correct"] += correct
+        stats.window["n"] += n
+
+    def handle_nonfinite(self, loss: torch.Tensor) -> None:
+        what = self.nonfinite_names(loss)
+        where = f"epoch {self.epoch + 1}, step {self.step}"
+        self.method.optimizer.zero_grad(set_to_none=True)
+        if self.config.train.skip_nonfinite:
+            self.nonfinite_skipped += 1
+            self.echo(f"WARNING: non-finite {what} at {where}: step skipped")
+            return
+        last = self.root / checkpoint.LATEST
+        kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint"
+        raise NonFiniteError(
+            f"non-finite {what} at {where}; training stopped ({kept}). Lower the learning rate, "
+            "or set train.skip_nonfinite=true to skip such steps (counted in metrics.jsonl)"
+        )
+
+    # ------------------------------------------------------------ epochs
+
+    def run(
+        self,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        on_finish: Callable[[Trainer], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train (or continue) the run, then call ``on_finish(self)`` (under the run's lock) if
+        this session trained the last epoch; returns the last epoch record."""
+        if self.main:
+            resume = prepare(self.root, self.config, resume=resume, force=force)
+        lock = RunLock.acquire(self.root) if self.main else None
+        try:
+            self.setup()
+            resumed = resume and self.resume_from_checkpoint()
+            self.write_run_files(resumed)
+            already_done = self.epoch >= self.config.schedule.epochs
+            record = self.fit()
+            if on_finish is not None and not already_done:
+                on_finish(self)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            if lock is not None:
+                lock.release()
+        return record
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.config
+        metrics = MetricsLog(self.root / METRICS)
+        record: dict[str, Any] = {}
+        session_start, session_steps = time.perf_counter(), 0
+        if self.epoch >= cfg.schedule.epochs:
+            self.echo(f"run already complete ({self.epoch} epochs)")
+        while self.epoch < cfg.schedule.epochs:
+            stats = self.train_epoch(session_start, session_steps)
+            session_steps += self.steps_per_epoch
+            self.epoch += 1
+            record = self.epoch_record(stats)
+            if self.main:
+                metrics.append(record)
+                self.log_tensorboard(record)
+            finished = self.epoch == cfg.schedule.epochs
+            if finished or self.epoch % cfg.output.checkpoint_every == 0:
+                self.save_checkpoint(finished)
+            self.echo(self.summary(record))
+        return record
+
+    def save_checkpoint(self, finished: bool) -> None:
+        if self.main:
+            checkpoint.save(self.root, self.state(finished))
+        distributed.barrier()
+
+    def train_epoch(self, session_start: float, session_steps: int) -> EpochStats:
+        cfg = self.config
+        self.model.train()
+        self.train_batches.set_epoch(self.epoch)
+        stats = EpochStats()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}",
+            unit="step",
+            disable=not (self.progress and self.main),
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        start = time.perf_counter()
+        sparsity = self.exact_sparsity()
+        for i, (inputs, labels) in enumerate(self.train_batches):
+            self.train_step(inputs, labels, stats)
+            bar.update(1)
+            if (i + 1) % cfg.output.log_every == 0:
+                record = self.step_record(stats, (i + 1) / self.steps_per_epoch)  # collective
+                if self.main:
+                    MetricsLog(self.root / METRICS).append(record)
+                sparsity = self.exact_sparsity()
+            if (i + 1) % 10 == 0 or i + 1 == self.steps_per_epoch:
+                elapsed = time.perf_counter() - start
+                done = session_steps + i + 1
+                remaining = self.total_steps - self.step
+                eta = (time.perf_counter() - session_start) / done * remaining
+                bar.set_postfix_str(
+                    f"loss {stats.loss_sum / max(stats.seen, 1):.3f} "
+                    f"acc {stats.correct / max(stats.seen, 1):.3f} sparsity {sparsity:.1%} "
+                    f"{stats.seen / elapsed:.0f} img/s ETA {format_seconds(eta)}",
+                    refresh=False,
+                )
+        stats.seconds = time.perf_counter() - start
+        bar.close()
+        return stats
+
+    def exact_sparsity(self) -> float:
+        return sparsity_report(self.model, ()).sparsity
+
+    def step_record(self, stats: EpochStats, fraction: float) -> dict[str, Any]:
+        w = stats.window
+        loss_sum, correct, n = distributed.sum_over_ranks(w["loss"], w["correct"], w["n"])
+        record = {
+            "kind": "step",
+            "epoch": self.epoch + fraction,
+            "step": self.step,
+            "lr": self.method.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(n, 1),
+            "train_acc": correct / max(n, 1),
+        }
+        stats.window = {"loss": 0.0, "correct": 0, "n": 0}
+        return record
+
+    def epoch_record(self, stats: EpochStats) -> dict[str, Any]:
+        loss_sum, correct, seen, skipped = distributed.sum_over_ranks(
+            stats.loss_sum, stats.correct, stats.seen, stats.skipped
+        )
+        report = sparsity_report(self.model, TRAIN_THRESHOLDS)
+        record: dict[str, Any] = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": self.method.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "sparsity": report.sparsity,
+            **{f"below_{t:g}": report.fraction_below(t) for t in TRAIN_THRESHOLDS},
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "nonfinite_skipped_epoch": int(skipped),
+            "epoch_seconds": stats.seconds,
+            "images_per_s": seen / stats.seconds if stats.seconds else None,
+            "time": time.time(),
+        }
+        if self.val_batches is not None:
+            val = evaluate(
+                self.model, self.val_batches, device=self.device, bf16=self.config.model.bf16
+            )
+            record.update(val_loss=val.loss, val_acc=val.accuracy)
+        return record
+
+    def log_tensorboard(self, record: dict[str, Any]) -> None:
+        if self.tensorboard is None:
+            return
+        for key, value in record.items():
+            if isinstance(value, int | float) and key not in ("epoch", "step", "time"):
+                self.tensorboard.add_scalar(key, value, record["epoch"])
+
+    def summary(self, record: dict[str, Any]) -> str:
+        val = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
+        skipped = record["nonfinite_skipped"]
+        return (
+            f"epoch {record['epoch']}/{self.config.schedule.epochs}: "
+            f"train_loss {record['train_loss']:.4f} train_acc {record['train_acc']:.4f}{val} "
+            f"sparsity {record['sparsity']:.2%} (<=1e-3: {record['below_0.001']:.2%}) "
+            f"{record['images_per_s'] or 0:.0f} img/s"
+            + (f" skipped_nonfinite {skipped}" if skipped else "")
+        )
