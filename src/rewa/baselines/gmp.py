@@ -2,7 +2,7 @@
 
 Between ``start`` and ``end`` (fractions of the training steps) the target sparsity rises as
 
-    s(t) = s_f + (s_i − s_f)·(1 − (t − t₀)/(t₁ − t₀))³
+    s(t) = s_f + (s_i − s_f)·(1 − (t − t₀)/(t₁ − t₀))³    (t₀ ≤ t < t₁)
 
 and every ``frequency`` steps the smallest-magnitude weights (globally or per layer) are masked to
 reach s(t). Masks only grow (a pruned weight stays pruned) and are re-applied after every step, so
@@ -43,7 +43,7 @@ def cubic_sparsity(
     if step >= t1 or t1 <= t0:
         return target
     progress = (step - t0) / (t1 - t0)
-    return target + (initial - target) * (1.0 - progress) ** 3
+    return initial + (target - initial) * (1.0 - (1.0 - progress) ** 3)
 
 
 class MagnitudePruner:

@@ -51,7 +51,7 @@ def apply_str(model: nn.Module, s_init: float = -5.0) -> list[nn.Parameter]:
     for _, module in weight_modules(model):
         if _str_of(module) is not None:
             raise ValueError("the model already has STR parametrizations")
-        soft = SoftThreshold(s_init).to(module.weight.device)
+        soft = SoftThreshold(s_init).to(device=module.weight.device, dtype=module.weight.dtype)
         parametrize.register_parametrization(module, "weight", soft)
         thresholds.append(soft.s)
     return thresholds

@@ -39,7 +39,10 @@ class ProxL1(Optimizer):
     Per parameter, with ``l1`` = λ of its group:
 
     - ``base="sgd"`` (torch's SGD convention, coupled L2 ``weight_decay``):
-      ``b ← μ·b + (g + wd·x)``; ``x ← x − lr·b``; ``x ← soft(x, lr·λ)``.
+      ``b ← μ·b + (g + wd·x)``; ``x ← x − lr·b``; ``x ← soft(x, lr·λ/(1 − μ))``.
+      The buffer sums gradients, so the step on g is effectively lr/(1 − μ); thresholding by the
+      same effective rate makes the fixed points those of ``f + λ‖x‖₁`` for every μ (with
+      ``lr·λ`` they would be those of λ(1 − μ)). With μ = 0 it is METHOD.md's ``soft(x, lr·λ)``.
     - ``base="adamw"`` (torch's AdamW, decoupled ``weight_decay``):
       ``x ← x(1 − lr·wd)``; Adam moments of g; ``x ← x − lr·m̂/(√v̂ + adam_eps)``; then
       ``x ← soft(x, lr·λ/(√v̂ + adam_eps))`` when ``precondition=True`` (the prox in Adam's
@@ -110,7 +113,7 @@ class ProxL1(Optimizer):
             d = state["momentum_buffer"]
         p.add_(d, alpha=-lr)
         if group["l1"] != 0.0:
-            soft_threshold_(p, lr * float(group["l1"]))
+            soft_threshold_(p, lr * float(group["l1"]) / (1.0 - mu))
 
     def _adamw(self, p: Tensor, group: dict[str, Any]) -> None:
         lr, wd = float(group["lr"]), float(group["weight_decay"])
