@@ -42,14 +42,21 @@ NONNEG = _check(lambda v: v >= 0, ">= 0")
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="cifar10", metadata=_choices("cifar10", "cifar100"))
+    # cifar10/cifar100: in memory; imagenet: data_dir/train/<class>/*, data_dir/val/<class>/*
+    dataset: str = field(default="cifar10", metadata=_choices("cifar10", "cifar100", "imagenet"))
     data_dir: str = "data/cifar10"
     download: bool = True
     val_size: int = field(default=5000, metadata=NONNEG)
     split_seed: int = 0
+    # The GLOBAL batch: under torchrun each of W processes takes batch_size / W (must divide).
     batch_size: int = field(default=128, metadata=POSITIVE)
     eval_batch_size: int = field(default=500, metadata=POSITIVE)
     augment: bool = True
+    # Image folders (dataset imagenet): DataLoader workers per process, decoder, crop sizes.
+    workers: int = field(default=4, metadata=NONNEG)
+    backend: str = field(default="auto", metadata=_choices("auto", "torchvision", "pillow"))
+    image_size: int = field(default=224, metadata=POSITIVE)
+    resize: int = field(default=256, metadata=POSITIVE)  # evaluation: shorter side, then crop
     # Smoke runs: use only the first N training / evaluation images (0 = all).
     limit_train: int = field(default=0, metadata=NONNEG)
     limit_eval: int = field(default=0, metadata=NONNEG)
@@ -125,7 +132,14 @@ class Config:
 
 
 # Sections and keys that do not change what is trained: a resumed run may differ in these.
-NON_RUN_KEYS = ("output", "eval", "train.threads", "train.device", "data.data_dir")
+NON_RUN_KEYS = (
+    "output",
+    "eval",
+    "train.threads",
+    "train.device",
+    "data.data_dir",
+    "data.workers",
+)
 
 
 # ---------------------------------------------------------------- YAML
@@ -313,11 +327,11 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    """{"a": {"b": 1}, "c": {}} -> {"a.b": 1} (an empty mapping has no keys)."""
     out: dict[str, Any] = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
+        if isinstance(v, Mapping):
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

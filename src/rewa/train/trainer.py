@@ -33,7 +33,16 @@ from rewa.sparsity import sparsity_report, unwrap
 from rewa.train import checkpoint, distributed
 from rewa.train.config import Config, config_from_dict
 from rewa.train.evaluation import autocast, evaluate
-from rewa.train.rundir import CONFIG, METRICS, RUN_INFO, TENSORBOARD, MetricsLog, RunLock, prepare
+from rewa.train.rundir import (
+    CONFIG,
+    EVAL_JSON,
+    METRICS,
+    RUN_INFO,
+    TENSORBOARD,
+    MetricsLog,
+    RunLock,
+    prepare,
+)
 
 FORMAT = 1
 TRAIN_THRESHOLDS = (1e-6, 1e-4, 1e-3, 1e-2)  # sparsity logged every epoch
@@ -428,19 +437,23 @@ class Trainer:
         on_finish: Callable[[Trainer], None] | None = None,
     ) -> dict[str, Any]:
         """Train (or continue) the run, then call ``on_finish(self)`` (under the run's lock) if
-        this session trained the last epoch; returns the last epoch record."""
+        the run is complete and not yet evaluated; returns the last epoch record."""
         if self.main:
             resume = prepare(self.root, self.config, resume=resume, force=force)
         lock = RunLock.acquire(self.root) if self.main else None
+        threads = torch.get_num_threads()
         try:
             self.setup()
             resumed = resume and self.resume_from_checkpoint()
             self.write_run_files(resumed)
-            already_done = self.epoch >= self.config.schedule.epochs
+            evaluated = (
+                self.epoch >= self.config.schedule.epochs and (self.root / EVAL_JSON).exists()
+            )
             record = self.fit()
-            if on_finish is not None and not already_done:
+            if on_finish is not None and not evaluated:
                 on_finish(self)
         finally:
+            torch.set_num_threads(threads)
             if self.tensorboard is not None:
                 self.tensorboard.close()
             if lock is not None:
