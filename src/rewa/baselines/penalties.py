@@ -9,7 +9,7 @@ spikes) for any method, so the comparison is visible in numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,13 +87,14 @@ class StabilityMonitor:
 
     def __init__(
         self,
-        params: Iterable[Tensor],
+        params: Iterable[Tensor] | Callable[[], Sequence[Tensor]],
         *,
         spike_factor: float = 10.0,
         ema: float = 0.9,
         warmup: int = 20,
     ) -> None:
-        self.params = list(params)
+        # A callable gives the tensors afresh at every call (e.g. parametrized weights).
+        self._source = params if callable(params) else (lambda fixed=list(params): fixed)
         self.spike_factor = spike_factor
         self.ema = ema
         self.warmup = warmup
@@ -103,7 +104,7 @@ class StabilityMonitor:
 
     @torch.no_grad()
     def before_step(self) -> None:
-        self._before = [p.detach().clone() for p in self.params]
+        self._before = [p.detach().clone() for p in self._source()]
 
     @torch.no_grad()
     def after_step(self, loss: float | None = None) -> None:
@@ -111,7 +112,7 @@ class StabilityMonitor:
         r = self.report
         r.steps += 1
         bad = 0
-        for old, p in zip(self._before, self.params, strict=True):
+        for old, p in zip(self._before, self._source(), strict=True):
             finite = torch.isfinite(p)
             bad += int((~finite).sum())
             delta = (p.detach() - old).abs()[finite & torch.isfinite(old)]

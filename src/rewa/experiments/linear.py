@@ -13,9 +13,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from rewa.baselines.penalties import StabilityMonitor
 from rewa.data.synthetic import SparseRegression
+from rewa.methods import SparseMethod
 
 OptimizerFactory = Callable[[list[nn.Parameter]], Optimizer]
+MethodFactory = Callable[[nn.Module], SparseMethod]
 Penalty = Callable[[Tensor], Tensor]
 
 
@@ -24,6 +27,9 @@ class LinearFit:
     coef: Tensor
     losses: list[float] = field(default_factory=list)  # training loss per epoch (mean)
     seconds: float = 0.0
+    step_losses: list[float] = field(default_factory=list)  # training loss of every minibatch
+    stability: dict[str, Any] = field(default_factory=dict)  # StabilityReport of the coefficients
+    diverged: bool = False  # stopped early on a NaN/inf loss or coefficient
 
 
 def cosine_factor(step: int, total: int) -> float:
@@ -39,10 +45,19 @@ def initial_coef(data: SparseRegression, init: str, scale: float, gen: torch.Gen
     raise ValueError(f"init must be 'correlation' or 'random', got {init!r}")
 
 
+def linear_model(coef: Tensor) -> nn.Linear:
+    """A bias-free ``nn.Linear(d, 1)`` holding ``coef``, so any :class:`SparseMethod` applies."""
+    model = nn.Linear(coef.numel(), 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(coef.reshape(1, -1))
+    return model
+
+
 def fit_linear(
     data: SparseRegression,
-    make_optimizer: OptimizerFactory,
+    make_optimizer: OptimizerFactory | None = None,
     *,
+    method: MethodFactory | None = None,
     epochs: int,
     batch_size: int = 25,
     init_scale: float = 1e-3,
@@ -50,41 +65,82 @@ def fit_linear(
     penalty: Penalty | None = None,
     seed: int = 0,
     on_step: Callable[[], None] | None = None,
+    stop_on_nonfinite: bool = True,
 ) -> LinearFit:
-    """Minimize ½·mean((Xβ − y)²) [+ penalty(β)] by minibatches with a cosine learning rate.
+    """Minimize ½·mean((Xβ − y)²) [+ penalty] by minibatches with a cosine learning rate.
+
+    The optimizer comes either from ``make_optimizer`` (given ``[β]``, with an optional
+    ``penalty(β)`` added to the loss) or from ``method`` (given a bias-free ``nn.Linear`` holding
+    β; returns a :class:`SparseMethod`, whose penalty, after-step hook and fold are used — the same
+    loop as any model). Exactly one of the two.
 
     β starts small and nonzero, the same for every method: ``init="correlation"`` is
     init_scale·Xᵀy/n (one gradient step from 0; its signs are right on a strong support, which
     matters for ReWA, whose updates vanish near 0 so that a weight rarely changes sign), and
     ``init="random"`` is N(0, init_scale²).
+
+    Every step's loss and a :class:`StabilityMonitor` of β are recorded; training stops at the
+    first NaN/inf loss or coefficient when ``stop_on_nonfinite`` (``fit.diverged``).
     """
+    if (make_optimizer is None) == (method is None):
+        raise ValueError("pass exactly one of make_optimizer and method")
     gen = torch.Generator().manual_seed(seed)
-    coef = nn.Parameter(initial_coef(data, init, init_scale, gen))
-    optimizer = make_optimizer([coef])
+    model = linear_model(initial_coef(data, init, init_scale, gen))
+    sparse: SparseMethod | None = None
+    if method is not None:
+        sparse = method(model)
+        optimizer = sparse.optimizer
+    else:
+        optimizer = make_optimizer([model.weight])
+
+    def coef() -> Tensor:
+        return model.weight.reshape(-1)
+
     n = data.X_train.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
+    total = epochs * math.ceil(n / batch_size)
     schedule = LambdaLR(optimizer, lambda s: cosine_factor(s, total))
-    fit = LinearFit(coef.detach())
+    monitor = StabilityMonitor(lambda: [coef()])
+    fit = LinearFit(coef().detach())
     start = time.perf_counter()
+    step = 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         epoch_loss = 0.0
         for i in range(0, n, batch_size):
             rows = order[i : i + batch_size]
-            residual = data.X_train[rows] @ coef - data.y_train[rows]
+            residual = data.X_train[rows] @ coef() - data.y_train[rows]
             loss = 0.5 * residual.pow(2).mean()
-            objective = loss if penalty is None else loss + penalty(coef)
+            extra = sparse.penalty() if sparse is not None else None
+            if penalty is not None:
+                extra = penalty(coef()) if extra is None else extra + penalty(coef())
+            objective = loss if extra is None else loss + extra
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
+            monitor.before_step()
             optimizer.step()
+            if sparse is not None:
+                sparse.after_step(step, total)
+            value = float(loss.detach())
+            monitor.after_step(value)
+            if sparse is not None:
+                sparse.observe_loss(value)
             schedule.step()
-            epoch_loss += float(loss.detach()) * rows.numel()
+            step += 1
+            fit.step_losses.append(value)
+            epoch_loss += value * rows.numel()
             if on_step is not None:
                 on_step()
+            if stop_on_nonfinite and monitor.diverged:
+                fit.diverged = True
+                break
         fit.losses.append(epoch_loss / n)
+        if fit.diverged:
+            break
     fit.seconds = time.perf_counter() - start
-    fit.coef = coef.detach().clone()
+    if sparse is not None:
+        sparse.fold()
+    fit.coef = coef().detach().clone()
+    fit.stability = monitor.report.as_dict()
     return fit
 
 
@@ -92,7 +148,10 @@ def fit_linear(
 def regression_metrics(
     coef: Tensor, data: SparseRegression, support_threshold: float = 1e-3
 ) -> dict[str, Any]:
-    """Test MSE, ‖β̂ − β‖₂, support precision/recall/F1 (|β̂| > threshold), sparsity, bias."""
+    """Test MSE, ‖β̂ − β‖₂, support precision/recall/F1 (|β̂| > threshold), sparsity, bias.
+
+    With a validation split, ``val_mse`` too (the only number hyperparameters may be chosen by).
+    """
     coef = coef.detach().float()
     finite = bool(torch.isfinite(coef).all())
     test_mse = float(((data.X_test @ coef - data.y_test) ** 2).mean()) if finite else math.inf
@@ -103,7 +162,11 @@ def regression_metrics(
     recall = tp / max(int(true.sum()), 1)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     on_support = coef[true] - data.beta[true]
+    val_mse = math.inf
+    if data.X_val.shape[0] and finite:
+        val_mse = float(((data.X_val @ coef - data.y_val) ** 2).mean())
     return {
+        **({"val_mse": val_mse} if data.X_val.shape[0] else {}),
         "test_mse": test_mse,
         "est_error": float((coef - data.beta).norm()) if finite else math.inf,
         "precision": precision,
