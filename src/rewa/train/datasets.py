@@ -213,7 +213,10 @@ def load_data(config: Config) -> Data:
     return load_cifar_data(config)
 
 
-def train_batches(config: Config, data: Data, device: torch.device) -> TensorBatches | LoaderBatches:
+Batches = TensorBatches | LoaderBatches
+
+
+def train_batches(config: Config, data: Data, device: torch.device) -> Batches:
     """This rank's training batches: its share of each global batch of ``data.batch_size``."""
     cfg = config
     batch = distributed.per_rank_batch(cfg.data.batch_size)
@@ -224,7 +227,7 @@ def train_batches(config: Config, data: Data, device: torch.device) -> TensorBat
             range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed,
             drop_last=True,
         )  # fmt: skip
-        batches: TensorBatches | LoaderBatches = LoaderBatches(
+        batches: Batches = LoaderBatches(
             SeededSamples(data.train, data.train_indices, cfg.train.seed),
             EpochKeys(sampler),
             batch,
@@ -259,9 +262,7 @@ def train_batches(config: Config, data: Data, device: torch.device) -> TensorBat
     return batches
 
 
-def eval_batches(
-    config: Config, data: Data, split: str, device: torch.device
-) -> TensorBatches | LoaderBatches | None:
+def eval_batches(config: Config, data: Data, split: str, device: torch.device) -> Batches | None:
     """This rank's shard of evaluation split ``split`` ("val" or "test"), or None if it is empty.
 
     An image folder has one evaluation split, ``val/``: it is "val", and "test" is None (ImageNet's
