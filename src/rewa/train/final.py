@@ -21,6 +21,7 @@ from rewa.report.tables import markdown_table, write_json
 from rewa.sparsity import DEFAULT_THRESHOLDS, SparsityReport, effective_weights, sparsity_report
 from rewa.train import checkpoint, distributed
 from rewa.train.config import Config, config_from_dict
+from rewa.train.datasets import split_size
 from rewa.train.evaluation import accuracy_at_sparsity, threshold_sweep
 from rewa.train.rundir import CONFIG, EVAL_JSON, EVAL_MD, METRICS, read_metrics, stored_config
 from rewa.train.trainer import (
@@ -73,7 +74,7 @@ def final_evaluation(
         "epochs": config.schedule.epochs,
         "weights": "last epoch (never best-test)",
         "denominator": "conv + linear weights",
-        "split_sizes": {name: len(batches.labels) for name, batches in splits.items()},
+        "split_sizes": {name: split_size(batches) for name, batches in splits.items()},
         "final": {
             **{f"{s}_acc": as_trained.get(f"{s}_acc") for s in splits},
             "sparsity": report.sparsity,

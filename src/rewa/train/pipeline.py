@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rewa.train import distributed
 from rewa.train.config import Config
 from rewa.train.final import evaluate_run, final_evaluation
 from rewa.train.trainer import Trainer, eval_batches
@@ -42,8 +43,10 @@ def train(
             progress=trainer.progress and trainer.main,
         )
 
-    trainer = Trainer(config, run_dir, echo=echo, progress=progress)
-    result["record"] = trainer.run(resume=resume, force=force, on_finish=finish)
+    # under torchrun: join the process group (gloo on CPU, NCCL on CUDA) for this run
+    with distributed.process_group(config.train.device):
+        trainer = Trainer(config, run_dir, echo=echo, progress=progress)
+        result["record"] = trainer.run(resume=resume, force=force, on_finish=finish)
     return result
 
 

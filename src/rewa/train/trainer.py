@@ -23,8 +23,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rewa.data.batches import TensorBatches
-from rewa.data.cifar import CifarData, load_cifar
 from rewa.errors import UsageError
 from rewa.methods import SparseMethod, build_method
 from rewa.models import build_model
@@ -32,6 +30,7 @@ from rewa.provenance import provenance
 from rewa.sparsity import sparsity_report, unwrap
 from rewa.train import checkpoint, distributed
 from rewa.train.config import Config, config_from_dict
+from rewa.train.datasets import eval_batches, load_data, train_batches
 from rewa.train.evaluation import autocast, evaluate
 from rewa.train.rundir import (
     CONFIG,
@@ -147,41 +146,6 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def load_data(config: Config) -> CifarData:
-    d = config.data
-    data = load_cifar(
-        d.dataset, d.data_dir, download=d.download, val_size=d.val_size, seed=d.split_seed
-    )
-    if d.limit_train:
-        data.train_images = data.train_images[: d.limit_train]
-        data.train_labels = data.train_labels[: d.limit_train]
-    if d.limit_eval:
-        for split in ("val", "test"):
-            setattr(data, f"{split}_images", getattr(data, f"{split}_images")[: d.limit_eval])
-            setattr(data, f"{split}_labels", getattr(data, f"{split}_labels")[: d.limit_eval])
-    return data
-
-
-def eval_batches(
-    config: Config, data: CifarData, split: str, device: torch.device
-) -> TensorBatches | None:
-    images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
-    if len(labels) == 0:
-        return None
-    return TensorBatches(
-        images,
-        labels,
-        config.data.eval_batch_size,
-        shuffle=False,
-        drop_last=False,
-        augment=False,
-        mean=data.mean,
-        std=data.std,
-        device=device,
-        channels_last=config.model.channels_last,
-    )
-
-
 def build_model_and_method(
     config: Config, num_classes: int, device: torch.device
 ) -> tuple[nn.Module, SparseMethod]:
@@ -251,32 +215,15 @@ class Trainer:
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = select_device(cfg.train.device)
+        self.device = distributed.local_device(select_device(cfg.train.device))
         seed_everything(cfg.train.seed)
         self.data = load_data(cfg)
         self.model, self.method = build_model_and_method(cfg, self.data.num_classes, self.device)
-        self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
-        self.train_batches = TensorBatches(
-            self.data.train_images,
-            self.data.train_labels,
-            cfg.data.batch_size,
-            shuffle=True,
-            drop_last=True,
-            augment=cfg.data.augment,
-            mean=self.data.mean,
-            std=self.data.std,
-            device=self.device,
-            seed=cfg.train.seed,
-            rank=distributed.rank(),
-            world_size=distributed.world_size(),
-            channels_last=cfg.model.channels_last,
-        )
+        self.forward_model = distributed.wrap_model(
+            self.model, self.device, compile=cfg.model.compile
+        )  # DDP on several processes; self.model stays the plain module
+        self.train_batches = train_batches(cfg, self.data, self.device)
         self.steps_per_epoch = len(self.train_batches)
-        if self.steps_per_epoch == 0:
-            raise UsageError(
-                f"data.batch_size ({cfg.data.batch_size}) is larger than the training set "
-                f"({len(self.data.train_labels)} images): no full batch per epoch"
-            )
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
         for group in self.method.optimizer.param_groups:
@@ -311,7 +258,8 @@ class Trainer:
 
     def resume_from_checkpoint(self) -> bool:
         """Load the newest good checkpoint; returns False when there is none."""
-        loaded = checkpoint.load_latest_good(self.root)
+        # rank 0 reads the run directory (it need not be shared) and sends the state to all ranks
+        loaded = distributed.on_main(lambda: checkpoint.load_latest_good(self.root))
         if loaded is None:
             return False
         for problem in loaded.problems:
@@ -438,16 +386,22 @@ class Trainer:
     ) -> dict[str, Any]:
         """Train (or continue) the run, then call ``on_finish(self)`` (under the run's lock) if
         the run is complete and not yet evaluated; returns the last epoch record."""
-        if self.main:
-            resume = prepare(self.root, self.config, resume=resume, force=force)
-        lock = RunLock.acquire(self.root) if self.main else None
+        claimed: list[RunLock] = []
+
+        def claim() -> bool:  # rank 0 alone checks and locks the run dir; all ranks get its answer
+            decision = prepare(self.root, self.config, resume=resume, force=force)
+            claimed.append(RunLock.acquire(self.root))
+            return decision
+
+        resume = distributed.on_main(claim)
+        lock = claimed[0] if claimed else None
         threads = torch.get_num_threads()
         try:
             self.setup()
             resumed = resume and self.resume_from_checkpoint()
             self.write_run_files(resumed)
-            evaluated = (
-                self.epoch >= self.config.schedule.epochs and (self.root / EVAL_JSON).exists()
+            evaluated = self.epoch >= self.config.schedule.epochs and distributed.on_main(
+                lambda: (self.root / EVAL_JSON).exists()
             )
             record = self.fit()
             if on_finish is not None and not evaluated:
@@ -515,10 +469,11 @@ class Trainer:
                 done = session_steps + i + 1
                 remaining = self.total_steps - self.step
                 eta = (time.perf_counter() - session_start) / done * remaining
+                images = stats.seen * distributed.world_size()  # all ranks together
                 bar.set_postfix_str(
                     f"loss {stats.loss_sum / max(stats.seen, 1):.3f} "
                     f"acc {stats.correct / max(stats.seen, 1):.3f} sparsity {sparsity:.1%} "
-                    f"{stats.seen / elapsed:.0f} img/s ETA {format_seconds(eta)}",
+                    f"{images / elapsed:.0f} img/s ETA {format_seconds(eta)}",
                     refresh=False,
                 )
         stats.seconds = time.perf_counter() - start
