@@ -37,7 +37,7 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "resnet18": _RESNET,
     "resnet18_imagenet": (*_RESNET, "upsample"),
     "resnet50": (*_RESNET, "upsample"),
-    "tiny": ("width",),
+    "tiny": ("width", "batchnorm"),
 }
 
 

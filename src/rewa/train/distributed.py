@@ -160,7 +160,7 @@ def wrap_model(model: nn.Module, device: torch.device, *, compile: bool = False)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+        wrapped = DistributedDataParallel(model, device_ids=ids)  # buffers follow rank 0
     return torch.compile(wrapped) if compile else wrapped
 
 
