@@ -182,13 +182,14 @@ def load_cifar_data(config: Config) -> CifarData:
     data = load_cifar(
         d.dataset, d.data_dir, download=d.download, val_size=d.val_size, seed=d.split_seed
     )
-    if d.limit_train:
-        data.train_images = data.train_images[: d.limit_train]
-        data.train_labels = data.train_labels[: d.limit_train]
-    if d.limit_eval:
-        for split in ("val", "test"):
-            setattr(data, f"{split}_images", getattr(data, f"{split}_images")[: d.limit_eval])
-            setattr(data, f"{split}_labels", getattr(data, f"{split}_labels")[: d.limit_eval])
+    # Seeded random subsets, never the first N: CIFAR's test_batch is ordered by class.
+    limits = {"train": (d.limit_train, 0), "val": (d.limit_eval, 1), "test": (d.limit_eval, 2)}
+    for split, (limit, offset) in limits.items():
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if limit and limit < len(labels):
+            keep = torch.tensor(_subset(len(labels), limit, d.split_seed + offset))
+            setattr(data, f"{split}_images", images[keep])
+            setattr(data, f"{split}_labels", labels[keep])
     return data
 
 
