@@ -17,8 +17,9 @@ Conventions the trainer relies on:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -199,6 +200,51 @@ def on_main(fn: Callable[[], T]) -> T:
     if kind == "error":
         raise UsageError(f"rank 0: {value}")
     return value
+
+
+# ---------------------------------------------------------------- replicas
+
+
+def fingerprint(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 of the bytes of ``tensors`` (in order): equal iff bit-identical (shapes included)."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach()
+        digest.update(f"{tuple(t.shape)}{t.dtype};".encode())
+        digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _state_tensors(state: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a (nested) state dict, in a deterministic order."""
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for key in sorted(state, key=str):
+            yield from _state_tensors(state[key])
+    elif isinstance(state, list | tuple):
+        for item in state:
+            yield from _state_tensors(item)
+
+
+def replica_check(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Under data parallelism, check that every rank holds bit-identical weights, buffers and
+    optimizer state (DDP averages gradients, ReWA's update is deterministic and per-parameter,
+    so they must be). ``{}`` on one process; else ``replicas_identical`` and the weights'
+    ``replica_sha256`` (the model's state_dict tensors, in order), or one hash per rank."""
+    if world_size() < 2:
+        return {}
+    local = (
+        fingerprint(model.state_dict().values()),
+        fingerprint(_state_tensors(optimizer.state_dict())),
+    )
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, local)
+    identical = all(g == gathered[0] for g in gathered)
+    return {
+        "replicas_identical": identical,
+        "replica_sha256": gathered[0][0] if identical else [g[0] for g in gathered],
+    }
 
 
 # ---------------------------------------------------------------- splitting work

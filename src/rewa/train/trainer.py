@@ -522,6 +522,10 @@ class Trainer:
                 self.model, self.val_batches, device=self.device, bf16=self.config.model.bf16
             )
             record.update(val_loss=val.loss, val_acc=val.accuracy)
+        replicas = distributed.replica_check(self.model, self.method.optimizer)  # {} on 1 process
+        if replicas.get("replicas_identical") is False:
+            self.echo("WARNING: the ranks' model/optimizer states differ (replica_sha256 per rank)")
+        record.update(replicas)
         return record
 
     def log_tensorboard(self, record: dict[str, Any]) -> None:
