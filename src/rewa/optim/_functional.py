@@ -1,17 +1,32 @@
-"""The ReWA update, written twice: per tensor and over lists of tensors (``torch._foreach_*``).
+"""The ReWA update over lists of tensors that share device and dtype.
 
-Both paths compute the same formulas of METHOD.md in the same order, so they agree to rounding.
-Everything here works on the hidden variable ``y`` (the master copy) and writes ``x = sign(y)|y|^K``
-back into the parameter; callers pass ``xs=None`` when ``y`` *is* the parameter (K = 1, no master).
+One implementation serves both of the optimizer's eager paths: the multi-tensor path passes a
+whole bucket (each ``torch._foreach_*`` op runs over every tensor before the next op: few kernel
+launches, what a GPU wants) and the single-tensor path passes one tensor at a time (every op of
+the step runs on a tensor while it is still in cache: what a CPU wants). Both run the same ops in
+the same order, so they agree bit for bit on the same kernels.
+
+Memory traffic is what a step costs on a CPU, so the update avoids passes and allocations:
+the parameter ``x`` (overwritten at the end of the step anyway) is the scratch tensor for the
+adaptive scale and the Adam denominator, the decay and the scaled gradient go straight into the
+momentum buffer (``addcmul_``), and the integer powers of the scale are chains of multiplications.
+The parameter itself is ``pow(y, K)``, torch's own power (the exactness contract of the tests).
+
+``xs=None`` means ``y`` *is* the parameter (K = 1 with a float32/float64 parameter): then every
+op is the one torch.optim.SGD / AdamW runs, in its order, so K = 1, M = 0 is bit-identical to them.
+
+A compiled variant of the same math lives in :mod:`rewa.optim._compiled`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+# Integer exponents up to this use multiplication chains instead of pow.
+_MAX_CHAIN_EXPONENT = 64
 
 
 @dataclass(frozen=True)
@@ -29,11 +44,11 @@ class Hyper:
     adam_eps: float = 1e-8
 
 
-def _is_even_int(v: float) -> bool:
+def is_even_int(v: float) -> bool:
     return float(v).is_integer() and int(v) % 2 == 0
 
 
-def _is_odd_int(v: float) -> bool:
+def is_odd_int(v: float) -> bool:
     return float(v).is_integer() and int(v) % 2 == 1
 
 
@@ -43,33 +58,16 @@ def y_limit(h: Hyper, dtype: torch.dtype) -> float:
     return (0.5 * torch.finfo(dtype).max) ** (1.0 / max(h.K, h.M, 1.0))
 
 
-# Overflow guards. With finite gradients, the only ways to a non-finite value are a product s*g
-# or a sum that exceeds the dtype's range; clamping those few tensors to ±max keeps every state
-# finite (a clamp is the identity on in-range values, so K = 1 stays exactly torch's SGD/AdamW).
-def _finite_(t: Tensor) -> Tensor:
-    big = torch.finfo(t.dtype).max
-    return t.clamp_(-big, big)
-
-
-# ---------------------------------------------------------------- single tensor
-
-
-def abs_pow(t: Tensor, p: float) -> Tensor:
-    """|t|^p as a new tensor; an even integer p needs no abs."""
-    if p == 1.0:
-        return t.abs()
-    if p == 2.0:
-        return t * t
-    if _is_even_int(p):
-        return t.pow(p)
-    return t.abs().pow_(p)
+def eps_in(dtype: torch.dtype, eps: float) -> float:
+    """ε as the kernels see it: an ε that rounds to 0 in ``dtype`` is 0 (no 0·inf at y = 0)."""
+    return float(torch.tensor(eps, dtype=dtype))
 
 
 def signed_pow(t: Tensor, p: float) -> Tensor:
     """sign(t)|t|^p as a new tensor; an odd integer p is a plain power."""
     if p == 1.0:
         return t.clone()
-    if _is_odd_int(p):
+    if is_odd_int(p):
         return t.pow(p)
     return t.abs().pow_(p).copysign_(t)
 
@@ -79,149 +77,178 @@ def y_from_x(x: Tensor, K: float, dtype: torch.dtype) -> Tensor:
     return signed_pow(x.detach().to(dtype), 1.0 / K)
 
 
-def _eps_in(dtype: torch.dtype, eps: float) -> float:
-    """ε as the kernels see it: an ε that rounds to 0 in ``dtype`` is 0 (no 0·inf at y = 0)."""
-    return float(torch.tensor(eps, dtype=dtype))
+# ---------------------------------------------------------------- list helpers
+#
+# ``out`` arguments are lists of scratch tensors or None (allocate). A one-element list takes the
+# tensor method directly: the same kernel as the _foreach op without its dispatch overhead.
 
 
-def scale(y: Tensor, h: Hyper) -> Tensor | None:
-    """The adaptive scale s of METHOD.md, or None when s is identically 1."""
-    if _eps_in(y.dtype, h.eps) == 0.0:
-        return None if h.M == 0.0 else abs_pow(y, h.M)
+def _clamp_(ts: list[Tensor], bound: float) -> None:
+    """Clamp to [-bound, bound]: one pass per tensor (foreach has min and max as two ops)."""
+    if len(ts) == 1:
+        ts[0].clamp_(-bound, bound)
+    else:
+        torch._foreach_clamp_min_(ts, -bound)
+        torch._foreach_clamp_max_(ts, bound)
+
+
+def _mul(a: list[Tensor], b: list[Tensor], out: list[Tensor] | None) -> list[Tensor]:
+    if out is None:
+        return torch._foreach_mul(a, b)
+    for o, u, v in zip(out, a, b, strict=True):
+        torch.mul(u, v, out=o)
+    return out
+
+
+def _abs(ts: list[Tensor], out: list[Tensor] | None) -> list[Tensor]:
+    if out is None:
+        return torch._foreach_abs(ts)
+    for o, t in zip(out, ts, strict=True):
+        torch.abs(t, out=o)
+    return out
+
+
+def _int_pow(ts: list[Tensor], n: int, out: list[Tensor] | None) -> list[Tensor]:
+    """t^n for an integer n >= 2 by left-to-right binary exponentiation, in place in ``out``."""
+    bits = bin(n)[3:]  # the bits after the leading 1
+    acc = _mul(ts, ts, out)  # (t^1)^2: the leading bit, squared for the first remaining bit
+    if bits[0] == "1":
+        torch._foreach_mul_(acc, ts)
+    for bit in bits[1:]:
+        torch._foreach_mul_(acc, acc)
+        if bit == "1":
+            torch._foreach_mul_(acc, ts)
+    return acc
+
+
+def abs_pow(ts: list[Tensor], p: float, out: list[Tensor] | None = None) -> list[Tensor]:
+    """|t|^p for each t (into ``out`` when given); integer p by multiplications."""
+    if p == 0.0:
+        if out is None:
+            return [torch.ones_like(t) for t in ts]
+        for o in out:
+            o.fill_(1.0)
+        return out
+    if p == 1.0:
+        return _abs(ts, out)
+    if float(p).is_integer() and p <= _MAX_CHAIN_EXPONENT:
+        result = _int_pow(ts, int(p), out)
+        if is_odd_int(p):
+            torch._foreach_abs_(result)
+        return result
+    result = _abs(ts, out)
+    torch._foreach_pow_(result, p)
+    return result
+
+
+def signed_pow_into(out: list[Tensor], ys: list[Tensor], K: float) -> None:
+    """out = sign(y)|y|^K, with torch's pow (so that x is exactly ``pow(y, K)``)."""
+    if K == 1.0:
+        torch._foreach_copy_(out, ys)
+        return
+    same = out[0].dtype == ys[0].dtype
+    if is_odd_int(K):
+        if same:
+            for o, y in zip(out, ys, strict=True):
+                torch.pow(y, K, out=o)
+        else:
+            torch._foreach_copy_(out, torch._foreach_pow(ys, K))
+        return
+    tmp = _abs(ys, out if same else None)
+    torch._foreach_pow_(tmp, K)
+    for t, y in zip(tmp, ys, strict=True):
+        t.copysign_(y)
+    if not same:
+        torch._foreach_copy_(out, tmp)
+
+
+def scale(ys: list[Tensor], h: Hyper, out: list[Tensor] | None = None) -> list[Tensor] | None:
+    """The adaptive scale s of METHOD.md (into ``out`` when given), or None when s is 1."""
+    eps = eps_in(ys[0].dtype, h.eps)
+    if eps == 0.0:
+        return None if h.M == 0.0 else abs_pow(ys, h.M, out)
     # s = |y|^M * u / (u + eps) with u = K|y|^(K-1), written as |y|^M / (1 + eps/u) so that u = 0
     # gives s = 0 (eps/0 = inf) instead of 0/0.
-    u = abs_pow(y, h.K - 1.0).mul_(h.K)
-    damp = u.reciprocal_().mul_(h.eps).add_(1.0)
-    s = abs_pow(y, h.M) if h.M != 0.0 else torch.ones_like(y)
-    return s.div_(damp)
-
-
-def update_x(x: Tensor | None, y: Tensor, h: Hyper) -> None:
-    """Clamp y so that its powers stay finite in x's dtype, then set x = sign(y)|y|^K."""
-    limit = y_limit(h, y.dtype if x is None else x.dtype)
-    y.clamp_(-limit, limit)
-    if x is not None:
-        x.copy_(signed_pow(y, h.K))
-
-
-def sgd_step(x: Tensor | None, y: Tensor, g: Tensor, buf: Tensor | None, h: Hyper) -> None:
-    """Algorithm 1 for one tensor: d = s*g + wd*y; b = mu*b + d; y -= lr*b; x = y^K."""
-    g = g.to(y.dtype)
-    s = scale(y, h)
-    d = g.clone() if s is None else g * s
-    if h.weight_decay != 0.0:
-        d.add_(y, alpha=h.weight_decay)
-    if buf is not None:
-        buf.mul_(h.momentum).add_(d)
-        d = buf
-    _finite_(d)
-    if h.lr == 0.0:
-        return
-    y.add_(d, alpha=-h.lr)
-    update_x(x, y, h)
-
-
-def adamw_step(
-    x: Tensor | None, y: Tensor, g: Tensor, m: Tensor, v: Tensor, step: Tensor, h: Hyper
-) -> None:
-    """Algorithm 2 for one tensor (``step`` is the count after this step)."""
-    g = g.to(y.dtype)
-    s = scale(y, h)
-    ghat = g if s is None else _finite_(g * s)
-    _finite_(m.lerp_(ghat, 1.0 - h.beta1))  # lerp forms ghat - m, which can overflow
-    v.mul_(h.beta2).addcmul_(ghat, ghat, value=1.0 - h.beta2)
-    v.clamp_max_(torch.finfo(v.dtype).max)
-    if h.lr == 0.0:
-        return
-    t = float(step)
-    bias1 = 1.0 - h.beta1**t
-    bias2_sqrt = math.sqrt(1.0 - h.beta2**t)
-    y.mul_(1.0 - h.lr * h.weight_decay)
-    denom = (v.sqrt() / bias2_sqrt).add_(h.adam_eps)
-    y.addcdiv_(m, denom, value=-h.lr / bias1)
-    update_x(x, y, h)
-
-
-# ---------------------------------------------------------------- lists of tensors
-
-
-def foreach_abs_pow(ts: list[Tensor], p: float) -> list[Tensor]:
-    if p == 1.0:
-        return torch._foreach_abs(ts)
-    if p == 2.0:
-        return torch._foreach_mul(ts, ts)
-    if _is_even_int(p):
-        return torch._foreach_pow(ts, p)
-    out = torch._foreach_abs(ts)
-    torch._foreach_pow_(out, p)
-    return out
-
-
-def foreach_signed_pow(ts: list[Tensor], p: float) -> list[Tensor]:
-    if p == 1.0:
-        return torch._foreach_mul(ts, 1.0)
-    if _is_odd_int(p):
-        return torch._foreach_pow(ts, p)
-    out = torch._foreach_abs(ts)
-    torch._foreach_pow_(out, p)
-    for o, t in zip(out, ts, strict=True):
-        o.copysign_(t)
-    return out
-
-
-def foreach_scale(ys: list[Tensor], h: Hyper) -> list[Tensor] | None:
-    if _eps_in(ys[0].dtype, h.eps) == 0.0:
-        return None if h.M == 0.0 else foreach_abs_pow(ys, h.M)
-    damp = foreach_abs_pow(ys, h.K - 1.0)
+    damp = abs_pow(ys, h.K - 1.0)
     torch._foreach_mul_(damp, h.K)
     torch._foreach_reciprocal_(damp)
-    torch._foreach_mul_(damp, h.eps)
+    torch._foreach_mul_(damp, eps)
     torch._foreach_add_(damp, 1.0)
-    s = foreach_abs_pow(ys, h.M) if h.M != 0.0 else [torch.ones_like(y) for y in ys]
+    if h.M == 0.0:
+        torch._foreach_reciprocal_(damp)
+        return damp
+    s = abs_pow(ys, h.M, out)
     torch._foreach_div_(s, damp)
     return s
 
 
-def _foreach_clamp_(ts: list[Tensor], limit: float) -> None:
-    torch._foreach_clamp_min_(ts, -limit)
-    torch._foreach_clamp_max_(ts, limit)
-
-
-def foreach_update_x(xs: list[Tensor] | None, ys: list[Tensor], h: Hyper) -> None:
-    _foreach_clamp_(ys, y_limit(h, ys[0].dtype if xs is None else xs[0].dtype))
+def update_x(xs: list[Tensor] | None, ys: list[Tensor], h: Hyper) -> None:
+    """Clamp y so that its powers stay finite in x's dtype, then set x = sign(y)|y|^K."""
+    _clamp_(ys, y_limit(h, ys[0].dtype if xs is None else xs[0].dtype))
     if xs is not None:
-        torch._foreach_copy_(xs, foreach_signed_pow(ys, h.K))
+        signed_pow_into(xs, ys, h.K)
 
 
 def _as_dtype(gs: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
     return gs if gs[0].dtype == dtype else [g.to(dtype) for g in gs]
 
 
-def foreach_sgd_step(
+def _scratch(xs: list[Tensor] | None, ys: list[Tensor], h: Hyper) -> list[Tensor] | None:
+    """The parameters as scratch space, when the step will overwrite them anyway.
+
+    On a CPU this saves an allocation (and, for tensors too large for malloc's free lists, the
+    page faults of fresh memory) per temporary; a GPU's caching allocator makes them free, and
+    the out= loop would cost one launch per tensor, so there the foreach ops allocate.
+    """
+    if xs is None or h.lr == 0.0 or xs[0].dtype != ys[0].dtype or ys[0].device.type != "cpu":
+        return None
+    return xs
+
+
+def sgd_update(
     xs: list[Tensor] | None,
     ys: list[Tensor],
     gs: list[Tensor],
     bufs: list[Tensor] | None,
     h: Hyper,
 ) -> None:
-    """Algorithm 1 over lists that share device and dtype."""
+    """Algorithm 1: d = s*g + wd*y; b = mu*b + d; y -= lr*b; x = sign(y)|y|^K."""
     gs = _as_dtype(gs, ys[0].dtype)
-    s = foreach_scale(ys, h)
-    d = torch._foreach_mul(gs, 1.0) if s is None else torch._foreach_mul(gs, s)
-    if h.weight_decay != 0.0:
-        torch._foreach_add_(d, ys, alpha=h.weight_decay)
-    if bufs is not None:
+    s = scale(ys, h, _scratch(xs, ys, h))
+    if s is None:  # torch.optim.SGD's order: d = g + wd*y first
+        d = torch._foreach_add(gs, ys, alpha=h.weight_decay) if h.weight_decay != 0.0 else gs
+        if bufs is not None:
+            torch._foreach_mul_(bufs, h.momentum)
+            torch._foreach_add_(bufs, d)
+            d = bufs
+    elif bufs is not None:
         torch._foreach_mul_(bufs, h.momentum)
-        torch._foreach_add_(bufs, d)
+        torch._foreach_addcmul_(bufs, s, gs)
+        if h.weight_decay != 0.0:
+            torch._foreach_add_(bufs, ys, alpha=h.weight_decay)
         d = bufs
-    _foreach_clamp_(d, torch.finfo(d[0].dtype).max)
+    else:
+        torch._foreach_mul_(s, gs)
+        if h.weight_decay != 0.0:
+            torch._foreach_add_(s, ys, alpha=h.weight_decay)
+        d = s
+    if d is not gs:  # a finite gradient needs no guard; sums and products of finite values do
+        _clamp_(d, torch.finfo(ys[0].dtype).max)
     if h.lr == 0.0:
         return
     torch._foreach_add_(ys, d, alpha=-h.lr)
-    foreach_update_x(xs, ys, h)
+    update_x(xs, ys, h)
 
 
-def foreach_adamw_step(
+def adam_scalars(h: Hyper, steps: list[Tensor]) -> tuple[list[float], list[float]]:
+    """Per-tensor step sizes -lr/(1-β1^t) and sqrt(1-β2^t), as torch.optim.AdamW computes them."""
+    ts = [float(t) for t in steps]
+    step_sizes = [(h.lr / (1.0 - h.beta1**t)) * -1 for t in ts]
+    bias2_sqrt = [(1.0 - h.beta2**t) ** 0.5 for t in ts]
+    return step_sizes, bias2_sqrt
+
+
+def adamw_update(
     xs: list[Tensor] | None,
     ys: list[Tensor],
     gs: list[Tensor],
@@ -230,28 +257,32 @@ def foreach_adamw_step(
     steps: list[Tensor],
     h: Hyper,
 ) -> None:
-    """Algorithm 2 over lists that share device and dtype (``steps`` already incremented)."""
+    """Algorithm 2 (``steps`` already incremented): Adam on ĝ = s*g, decoupled decay on y."""
     gs = _as_dtype(gs, ys[0].dtype)
-    s = foreach_scale(ys, h)
     big = torch.finfo(ys[0].dtype).max
-    if s is None:
+    scratch = _scratch(xs, ys, h)
+    ghat = scale(ys, h, scratch)
+    if ghat is None:
         ghat = gs
     else:
-        ghat = torch._foreach_mul(gs, s)
-        _foreach_clamp_(ghat, big)
+        torch._foreach_mul_(ghat, gs)
+        _clamp_(ghat, big)
     torch._foreach_lerp_(ms, ghat, 1.0 - h.beta1)
-    _foreach_clamp_(ms, big)  # lerp forms ghat - m, which can overflow
+    _clamp_(ms, big)  # lerp forms ghat - m, which can overflow
     torch._foreach_mul_(vs, h.beta2)
     torch._foreach_addcmul_(vs, ghat, ghat, value=1.0 - h.beta2)
     torch._foreach_clamp_max_(vs, big)
     if h.lr == 0.0:
         return
     torch._foreach_mul_(ys, 1.0 - h.lr * h.weight_decay)
-    ts = [float(t) for t in steps]
-    bias2_sqrt = [math.sqrt(1.0 - h.beta2**t) for t in ts]
-    step_sizes = [-h.lr / (1.0 - h.beta1**t) for t in ts]
-    denom = torch._foreach_sqrt(vs)
+    step_sizes, bias2_sqrt = adam_scalars(h, steps)
+    if scratch is None:
+        denom = torch._foreach_sqrt(vs)
+    else:
+        denom = scratch
+        for o, v in zip(denom, vs, strict=True):
+            torch.sqrt(v, out=o)
     torch._foreach_div_(denom, bias2_sqrt)
     torch._foreach_add_(denom, h.adam_eps)
     torch._foreach_addcdiv_(ys, ms, denom, step_sizes)
-    foreach_update_x(xs, ys, h)
+    update_x(xs, ys, h)
