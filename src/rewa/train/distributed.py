@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -169,12 +170,31 @@ def wrap_model(model: nn.Module, device: torch.device, *, compile: bool = False)
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
-    """``obj`` from rank ``src`` on every rank (pickled; tensors inside arrive on the CPU)."""
+    """``obj`` from rank ``src`` on every rank; tensors inside arrive on the CPU.
+
+    Serialized with ``torch.save`` (``broadcast_object_list``'s pickling fails on checkpoint
+    payloads in torch 2.13); the bytes come from a rank of this same job, so loading them with
+    ``weights_only=False`` trusts nothing from outside.
+    """
     if not is_initialized():
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, device=_collective_device())
-    return box[0]
+    device = _collective_device()
+    if rank() == src:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8).to(device)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    else:
+        size = torch.zeros(1, dtype=torch.int64, device=device)
+    dist.broadcast(size, src)
+    if rank() != src:
+        data = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(data, src)
+    if rank() == src:
+        return obj
+    return torch.load(
+        io.BytesIO(data.cpu().numpy().tobytes()), map_location="cpu", weights_only=False
+    )
 
 
 def on_main(fn: Callable[[], T]) -> T:
