@@ -14,6 +14,8 @@ from rewa.errors import UsageError
 COMMANDS = [
     "rewa.experiments.demo",
     "rewa.experiments.train_cli",
+    "rewa.experiments.study_linear",
+    "rewa.experiments.bench",
 ]
 
 

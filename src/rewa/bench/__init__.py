@@ -1,0 +1,1 @@
+"""Benchmarks of the optimizer step and of a full training step (``rewa bench optim|train``)."""

@@ -1,0 +1,88 @@
+"""The benchmark commands: parameter shapes, summaries, and small end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from rewa.bench.shapes import PARAM_SETS, numel
+from rewa.bench.timing import Summary
+from rewa.cli import main
+from rewa.models import build_model
+
+PUBLISHED_COUNTS = {"resnet20": 269_722, "resnet18": 11_173_962, "resnet50": 25_557_032}
+
+
+@pytest.mark.parametrize("name,classes", [("resnet20", 10), ("resnet18", 10), ("resnet50", 1000)])
+def test_generated_shapes_are_the_models_parameters(name, classes):
+    shapes = PARAM_SETS[name]()
+    assert numel(shapes) == PUBLISHED_COUNTS[name]
+    model_shapes = [tuple(p.shape) for p in build_model(name, num_classes=classes).parameters()]
+    assert sorted(shapes) == sorted(model_shapes)
+
+
+def test_flat_set_is_one_10m_tensor():
+    assert PARAM_SETS["flat10m"]() == [(10_000_000,)]
+
+
+def test_summary_median_quartiles_min():
+    s = Summary.of([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (s.median, s.p25, s.p75, s.min, s.n) == (3.0, 2.0, 4.0, 1.0, 5)
+    assert Summary.of([7.0]).median == Summary.of([7.0]).p75 == 7.0
+
+
+def test_bench_optim_writes_results(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "optim", "--sets", "resnet20", "--reps", "3", "--warmup", "0"]
+    argv += ["--no-compile", "--only", "rewa-sgd-single", "rewa-adamw-foreach"]
+    argv += ["--profile", "rewa-sgd-single", "--out-dir", str(out), "--quiet"]
+    assert main(argv) == 0
+    result = json.loads((out / "optim.json").read_text())
+    rows = {r["optimizer"]: r for r in result["rows"]}
+    assert set(rows) == {"adamw-foreach", "rewa-sgd-single", "rewa-adamw-foreach"}
+    assert rows["adamw-foreach"]["vs_adamw_foreach"] == 1.0
+    for row in rows.values():
+        assert row["ms_median"] > 0 and row["gb_per_s"] > 0 and row["copy_fraction"] > 0
+        assert row["numel"] == PUBLISHED_COUNTS["resnet20"]
+    assert {"command", "commit", "cpu", "date"} <= set(result["provenance"])
+    assert result["copy_gb_per_s"]["before"] > 0
+    assert "aten::" in result["profiles"]["resnet20 / rewa-sgd-single"]
+    assert re.search(r"\|\s*rewa-sgd-single\s*\|", (out / "optim.md").read_text())
+
+
+def test_bench_train_writes_results(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "train", "--model", "tiny", "--batch-size", "8", "--steps", "2"]
+    argv += ["--reps", "2", "--warmup", "1", "--out-dir", str(out), "--quiet"]
+    assert main(argv) == 0
+    result = json.loads((out / "train.json").read_text())
+    rows = {r["optimizer"]: r for r in result["rows"]}
+    assert set(rows) == {"SGD", "ReWA"}
+    assert rows["SGD"]["overhead_vs_sgd"] == 0.0
+    assert all(r["images_per_s"] > 0 and r["ms_opt_step"] > 0 for r in rows.values())
+    assert (out / "train.md").exists() and (out / "train.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bench", "optim", "--only", "adam"], "unknown optimizer 'adam'"),
+        (["bench", "optim", "--no-compile", "--only", "rewa-sgd-compiled"], "--no-compile"),
+    ],
+)
+def test_bench_bad_input_is_one_line_error(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bench_cuda_without_gpu_is_rejected(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "optim", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
