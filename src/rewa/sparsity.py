@@ -2,16 +2,25 @@
 
 The denominator of every sparsity number is the set of weights a method sparsifies: the weights of
 convolution and linear layers (biases and normalization parameters are excluded).
+
+Distributed: a sharded tensor (a DTensor, as FSDP2's ``fully_shard`` makes them) is measured and
+pruned through its local shard, and its counts are summed over the ranks that hold its shards
+(never over its replicas). Plain tensors are taken to be whole: under DDP every rank holds the
+same weights, so nothing is reduced and nothing is counted twice. ``sharded=True`` says that
+plain tensors are instead this rank's part of tensors split over all ranks.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -52,6 +61,62 @@ def effective_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
         (f"{name}.weight" if name else "weight", m.weight.detach())
         for name, m in weight_modules(model)
     ]
+
+
+# ---------------------------------------------------------------- sharded tensors
+
+
+def _dtensor_type() -> type | None:
+    """DTensor's class if torch.distributed.tensor was imported (no DTensor exists otherwise)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def is_dtensor(t: Tensor) -> bool:
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def local_part(t: Tensor) -> Tensor:
+    """The elements of ``t`` stored on this rank (the tensor itself unless it is a DTensor)."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def _sum_over_shards(tensors: Sequence[Tensor], counts: Sequence[Tensor], sharded: bool) -> Tensor:
+    """Row i: ``counts[i]`` (an int64 vector computed on the local part of ``tensors[i]``) summed
+    over the ranks that hold parts of ``tensors[i]``: a DTensor's shard mesh dimensions (not its
+    replicas), every rank for a plain tensor when ``sharded``, no rank otherwise. One collective
+    per kind of placement; every rank must call it with the same tensors in the same order."""
+    rows = [c.reshape(-1) for c in counts]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, t in enumerate(tensors):
+        if is_dtensor(t):
+            if any(p.is_partial() for p in t.placements):
+                raise ValueError("sparsity of a DTensor with Partial placement (unreduced)")
+            key: tuple[Any, ...] = (
+                "dtensor",
+                id(t.device_mesh),
+                *(p.is_shard() for p in t.placements),
+            )
+        else:
+            key = ("plain", sharded)
+        groups.setdefault(key, []).append(i)
+    for key, members in groups.items():
+        if key == ("plain", False):
+            continue
+        stacked = torch.stack([rows[i] for i in members])
+        if key[0] == "plain":
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(stacked)
+        else:
+            from torch.distributed.tensor import DTensor, Partial, Replicate
+
+            first = tensors[members[0]]
+            placements = [Partial() if p.is_shard() else Replicate() for p in first.placements]
+            stacked = DTensor.from_local(stacked, first.device_mesh, placements).full_tensor()
+        for row, i in zip(stacked, members, strict=True):
+            rows[i] = row
+    return torch.stack([r.cpu() for r in rows]) if rows else torch.zeros(0, 0, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------- measurement
@@ -168,19 +233,36 @@ def _named_tensors(source: Source) -> list[tuple[str, Tensor]]:
 
 @torch.no_grad()
 def sparsity_report(
-    source: Source, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+    source: Source, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *, sharded: bool = False
 ) -> SparsityReport:
     """Measure exact zeros and |x| <= τ for each τ, per tensor and in total.
 
     ``source`` is a model (its conv + linear weights are measured), a mapping name -> tensor, or an
-    iterable of tensors.
+    iterable of tensors. DTensors are counted over all their shards (a collective: call it on
+    every rank); ``sharded=True`` also sums plain tensors' counts over all ranks (see the module
+    docstring).
     """
     thresholds = tuple(float(t) for t in thresholds)
-    layers = []
-    for name, t in _named_tensors(source):
-        magnitude = t.detach().abs()
-        below = {tau: int((magnitude <= tau).sum()) for tau in thresholds}
-        layers.append(LayerSparsity(name, t.numel(), int((t == 0).sum()), below))
+    named = _named_tensors(source)
+    counts = []
+    for _, t in named:
+        local = local_part(t).detach()
+        magnitude = local.abs()
+        values = [
+            local.numel(),
+            (local == 0).sum(),
+            *((magnitude <= tau).sum() for tau in thresholds),
+        ]
+        counts.append(
+            torch.stack(
+                [torch.as_tensor(v, dtype=torch.int64, device=local.device) for v in values]
+            )
+        )
+    totals = _sum_over_shards([t for _, t in named], counts, sharded).tolist()
+    layers = [
+        LayerSparsity(name, row[0], row[1], dict(zip(thresholds, row[2:], strict=True)))
+        for (name, _), row in zip(named, totals, strict=True)
+    ]
     return SparsityReport(layers, thresholds)
 
 
@@ -188,14 +270,20 @@ def sparsity_report(
 
 
 @torch.no_grad()
-def magnitude_threshold(tensors: Iterable[Tensor], sparsity: float) -> float:
+def magnitude_threshold(
+    tensors: Iterable[Tensor], sparsity: float, *, sharded: bool = False
+) -> float:
     """The global threshold τ such that zeroing |x| <= τ zeros a ``sparsity`` fraction.
 
     Ties at τ are all pruned, so the achieved sparsity can exceed the target by the tie count.
-    Returns -1.0 when nothing is to be pruned.
+    Returns -1.0 when nothing is to be pruned. With DTensors (or ``sharded=True``), τ is the same
+    k-th smallest magnitude over all shards, found by collectives (call it on every rank).
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    tensors = list(tensors)
+    if sharded or any(is_dtensor(t) for t in tensors):
+        return _sharded_magnitude_threshold(tensors, sparsity, sharded)
     magnitudes = torch.cat([t.detach().abs().flatten().float() for t in tensors])
     k = math.floor(sparsity * magnitudes.numel())
     if k == 0:
@@ -203,14 +291,51 @@ def magnitude_threshold(tensors: Iterable[Tensor], sparsity: float) -> float:
     return float(torch.kthvalue(magnitudes.cpu(), k).values)
 
 
+def _sharded_magnitude_threshold(tensors: list[Tensor], sparsity: float, sharded: bool) -> float:
+    """The k-th smallest float32 magnitude over all shards, exactly, without gathering them.
+
+    The bit patterns of non-negative float32 numbers are ordered like the numbers, so a bisection
+    over the 31-bit patterns, counting ``bits <= mid`` on every shard and summing the counts over
+    ranks, ends on the bit pattern of the k-th smallest magnitude: 31 small all-reduces.
+    """
+    bits = [
+        local_part(t).detach().abs().float().flatten().view(torch.int32).sort().values
+        for t in tensors
+    ]
+    numel = [torch.tensor([b.numel()], dtype=torch.int64, device=b.device) for b in bits]
+    total = int(_sum_over_shards(tensors, numel, sharded).sum())
+    k = math.floor(sparsity * total)
+    if k == 0:
+        return -1.0
+    lo, hi = 0, 0x7FFFFFFF
+    while lo < hi:
+        mid = (lo + hi) // 2
+        below = [
+            torch.searchsorted(
+                b, torch.tensor([mid], dtype=torch.int32, device=b.device), right=True
+            )
+            for b in bits
+        ]
+        if int(_sum_over_shards(tensors, below, sharded).sum()) >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return struct.unpack("<f", struct.pack("<i", lo))[0]
+
+
 @torch.no_grad()
 def prune_(
-    model: nn.Module, *, threshold: float | None = None, sparsity: float | None = None
+    model: nn.Module,
+    *,
+    threshold: float | None = None,
+    sparsity: float | None = None,
+    sharded: bool = False,
 ) -> float:
     """Zero, in place, every conv/linear weight with |x| <= τ; return τ.
 
     Give either ``threshold`` (τ itself) or ``sparsity`` (the global-magnitude τ that reaches that
-    fraction of zeros across all conv/linear weights).
+    fraction of zeros across all conv/linear weights; over all shards for DTensor weights or with
+    ``sharded=True``, see :func:`magnitude_threshold`).
     """
     if (threshold is None) == (sparsity is None):
         raise ValueError("prune_: give exactly one of threshold= or sparsity=")
@@ -218,8 +343,9 @@ def prune_(
     if len(params) != len(weight_modules(model)):
         raise ValueError("prune_: fold parametrized layers (Spred, STR) into plain weights first")
     if sparsity is not None:
-        threshold = magnitude_threshold(params, sparsity)
+        threshold = magnitude_threshold(params, sparsity, sharded=sharded)
     assert threshold is not None
     for p in params:
-        p.masked_fill_(p.abs() <= threshold, 0.0)
+        local = local_part(p)
+        local.masked_fill_(local.abs() <= threshold, 0.0)
     return float(threshold)

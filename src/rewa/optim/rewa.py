@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from rewa.optim import _compiled
 from rewa.optim import _functional as F
+from rewa.sparsity import is_dtensor, local_part
 
 BASES = ("sgd", "adamw")
 # State that is kept in the master precision, not in the parameter's dtype.
@@ -22,6 +23,15 @@ _MASTER_KEYS = ("y", "momentum_buffer", "exp_avg", "exp_avg_sq")
 def master_dtype(dtype: torch.dtype) -> torch.dtype:
     """Precision of ReWA's state for a parameter of ``dtype``: float64 stays, others use float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _local_grad(p: Tensor) -> Tensor:
+    """This rank's part of ``p.grad``, laid out like this rank's part of ``p`` (FSDP2's DTensor
+    gradients already are; any other placement is redistributed to the parameter's)."""
+    g = p.grad
+    if is_dtensor(g) and g.placements != p.placements:
+        g = g.redistribute(p.device_mesh, p.placements)
+    return local_part(g)
 
 
 def validate_hyperparameters(group: dict[str, Any]) -> None:
@@ -162,7 +172,7 @@ class ReWA(Optimizer):
         """Re-derive y from p if p was written outside the optimizer since our last step."""
         seen = self._written_version.get(p)
         state = self.state[p]
-        if seen is not None and seen != p._version and "y" in state:
+        if seen is not None and seen != local_part(p)._version and "y" in state:
             state["y"] = F.y_from_x(p, float(group["K"]), state["y"].dtype)
 
     @torch.no_grad()
@@ -248,7 +258,8 @@ class ReWA(Optimizer):
                 self._update([p], group, h, F.sgd_update, F.adamw_update)
         if h.lr != 0.0:
             for p in params:
-                self._written_version[p] = p._version
+                # a DTensor's own counter does not see writes to its shard: track the shard's
+                self._written_version[p] = local_part(p)._version
 
     def _buckets(self, params: list[Tensor]) -> list[list[Tensor]]:
         """Group parameters by (device, dtype, has master y) for the multi-tensor kernels."""
@@ -265,7 +276,11 @@ class ReWA(Optimizer):
         sgd_update: Callable[..., None],
         adamw_update: Callable[..., None],
     ) -> None:
-        """One step of ``params`` (same device, dtype and kind of state) with the given kernels."""
+        """One step of ``params`` (same device, dtype and kind of state) with the given kernels.
+
+        Sharded (DTensor, FSDP2) parameters and their state are updated through their local
+        shards: the update is elementwise, so it needs no communication.
+        """
         states = [self.state[p] for p in params]
         steps = [s["step"] for s in states]
         if len(steps) == 1:
@@ -273,13 +288,14 @@ class ReWA(Optimizer):
         else:
             torch._foreach_add_(steps, 1.0)
         has_master = "y" in states[0]
-        xs = params if has_master else None
-        ys = [s["y"] for s in states] if has_master else params
-        grads = [p.grad for p in params]
+        local = [local_part(p) for p in params]
+        xs = local if has_master else None
+        ys = [local_part(s["y"]) for s in states] if has_master else local
+        grads = [_local_grad(p) for p in params]
         if group["base"] == "sgd":
-            bufs = [s["momentum_buffer"] for s in states] if h.momentum != 0.0 else None
+            bufs = [local_part(s["momentum_buffer"]) for s in states] if h.momentum != 0.0 else None
             sgd_update(xs, ys, grads, bufs, h)
         else:
-            ms = [s["exp_avg"] for s in states]
-            vs = [s["exp_avg_sq"] for s in states]
+            ms = [local_part(s["exp_avg"]) for s in states]
+            vs = [local_part(s["exp_avg_sq"]) for s in states]
             adamw_update(xs, ys, grads, ms, vs, steps, h)
