@@ -65,6 +65,7 @@ def fit_linear(
     penalty: Penalty | None = None,
     seed: int = 0,
     on_step: Callable[[], None] | None = None,
+    on_coef: Callable[[int, Tensor], None] | None = None,
     stop_on_nonfinite: bool = True,
 ) -> LinearFit:
     """Minimize ½·mean((Xβ − y)²) [+ penalty] by minibatches with a cosine learning rate.
@@ -81,6 +82,8 @@ def fit_linear(
 
     Every step's loss and a :class:`StabilityMonitor` of β are recorded; training stops at the
     first NaN/inf loss or coefficient when ``stop_on_nonfinite`` (``fit.diverged``).
+    ``on_step()`` is called after every step (progress bars), ``on_coef(step, β)`` too, with the
+    current coefficients (detached; do not modify them).
     """
     if (make_optimizer is None) == (method is None):
         raise ValueError("pass exactly one of make_optimizer and method")
@@ -130,6 +133,8 @@ def fit_linear(
             epoch_loss += value * rows.numel()
             if on_step is not None:
                 on_step()
+            if on_coef is not None:
+                on_coef(step - 1, coef().detach())
             if stop_on_nonfinite and monitor.diverged:
                 fit.diverged = True
                 break

@@ -1,0 +1,172 @@
+"""`rewa study linear`: runs at --quick size, writes its artifacts, selects on validation only."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections import defaultdict
+
+import pytest
+
+from rewa.cli import main
+from rewa.errors import UsageError
+from rewa.experiments import study_linear as study
+
+try:
+    import sklearn  # noqa: F401
+
+    HAVE_SKLEARN = True
+except ImportError:  # scikit-learn is the optional extra `study`
+    HAVE_SKLEARN = False
+
+WITHOUT_LASSO = [f for f in study.MAIN_FAMILIES if f != "lasso"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    methods = [] if HAVE_SKLEARN else ["--methods", *WITHOUT_LASSO]
+    rc = main(
+        ["study", "linear", "--quick", "--workers", "1", "--quiet", "--out-dir", str(out), *methods]
+    )
+    assert rc == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_study_writes_every_artifact(quick):
+    out, payload = quick
+    for name in [
+        "results.md",
+        "results.csv",
+        "results.json",
+        "grid.csv",
+        "sweep.csv",
+        "error_vs_p.png",
+        "coefficient_paths.png",
+        "training_loss.png",
+    ]:
+        assert (out / name).stat().st_size > 0, name
+    assert {"command", "date", "cpu"} <= set(payload["provenance"])
+    md = (out / "results.md").read_text()
+    assert "ReWA-SGD K=9 M=2" in md and "Spred" in md and "Sweep over p" in md
+
+
+def test_quick_study_covers_every_scenario_and_method(quick):
+    _, payload = quick
+    cfg = study.Settings(**study.QUICK)
+    scenarios = {s.label for s in cfg.scenarios()}
+    families = {r["method"] for r in payload["summary"]}
+    assert (
+        {r["scenario"] for r in payload["summary"]}
+        == scenarios
+        == {"k=1", "k=5", "k=5, AR(1) ρ=0.5"}
+    )
+    expected = {"ReWA-SGD K=9 M=2", "ReWA-AdamW K=9 M=2", "ℓ1 prox (SGD)", "Spred"}
+    expected |= {"direct ℓp p=0.889 (δ=0)", "dense least squares (ridge path)"}
+    expected |= {"Lasso path (sklearn)"} if HAVE_SKLEARN else set()
+    assert families == expected
+    sweep = [r for r in payload["selected"] if r["part"] == "sweep"]
+    pairs = study.sweep_pairs(cfg)
+    assert len(sweep) == 3 * len(pairs)  # ReWA-SGD, ReWA-AdamW, direct ℓp for every (K, M)
+    for row in sweep:
+        assert row["p"] == pytest.approx((row["K"] + 1 - row["M"]) / row["K"])
+
+
+def test_selection_uses_validation_never_test(quick):
+    _, payload = quick
+    groups = defaultdict(list)
+    for row in payload["grid"]:
+        groups[
+            (row["part"], row["scenario"], row["seed"], row["family"], row["K"], row["M"])
+        ].append(row)
+    for chosen in payload["selected"]:
+        key = (
+            chosen["part"],
+            chosen["scenario"],
+            chosen["seed"],
+            chosen["family"],
+            chosen["K"],
+            chosen["M"],
+        )
+        rows = groups[key]
+        assert chosen["val_mse"] == min(r["val_mse"] for r in rows)
+        assert all(row["val_mse"] > 0 for row in rows)
+
+
+def test_rewa_sparsifies_and_dense_does_not(quick):
+    _, payload = quick
+    rows = {r["method"]: r for r in payload["summary"] if r["scenario"] == "k=1"}
+    assert rows["ReWA-SGD K=9 M=2"]["sparsity_1e-3"] > 0.9
+    assert rows["dense least squares (ridge path)"]["sparsity_1e-3"] < 0.5
+    assert rows["ℓ1 prox (SGD)"]["exact_sparsity"] > 0.5
+
+
+def test_sweep_pairs_are_even_M_below_K():
+    cfg = study.Settings(sweep_K=(3, 5))
+    assert study.sweep_pairs(cfg) == [(3, 0.0), (3, 2.0), (5, 0.0), (5, 2.0), (5, 4.0)]
+
+
+def test_parallel_workers_give_the_same_numbers(tmp_path):
+    args = [
+        "study",
+        "linear",
+        "--quick",
+        "--quiet",
+        "--no-plot",
+        "--no-sweep",
+        "--d",
+        "60",
+        "--n",
+        "40",
+    ]
+    args += ["--ks", "2", "--correlated-ks", "--epochs", "3", "--methods", "rewa-sgd", "l1-prox"]
+    main([*args, "--workers", "1", "--out-dir", str(tmp_path / "a")])
+    main([*args, "--workers", "2", "--out-dir", str(tmp_path / "b")])
+
+    def rows(name):
+        grid = json.loads((tmp_path / name / "results.json").read_text())["grid"]
+        return sorted(
+            ({k: v for k, v in r.items() if k != "seconds"} for r in grid),
+            key=lambda r: (r["family"], r["hyper"]),
+        )
+
+    assert rows("a") == rows("b") and len(rows("a")) == 4
+
+
+def test_missing_scikit_learn_is_a_clear_error(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(UsageError, match=r"rewa\[study\]"):
+        study._require_sklearn()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--ks", "0"],
+        ["--methods", "lasso2"],
+        ["--correlation", "1.5"],
+        ["--ks", "500", "--d", "400"],
+        ["--epochs", "many"],
+        ["--sweep-K", "0.5"],
+    ],
+)
+def test_bad_flags_give_one_line_errors(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        raise SystemExit(
+            main(["study", "linear", "--quick", "--quiet", "--out-dir", str(tmp_path), *bad])
+        )
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err.strip().splitlines()[-1]
+
+
+def test_study_without_a_name_prints_help(capsys):
+    assert main(["study"]) == 2
+    assert "linear" in capsys.readouterr().out
