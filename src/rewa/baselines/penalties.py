@@ -113,11 +113,16 @@ class StabilityMonitor:
         r.steps += 1
         bad = 0
         for old, p in zip(self._before, self._source(), strict=True):
-            finite = torch.isfinite(p)
-            bad += int((~finite).sum())
-            delta = (p.detach() - old).abs()[finite & torch.isfinite(old)]
-            if delta.numel():
-                r.max_update = max(r.max_update, float(delta.max()))
+            if not p.numel():
+                continue
+            delta = (p.detach() - old).abs_()
+            largest = float(delta.max())
+            if not math.isfinite(largest):  # rare: count the bad entries, skip them in the max
+                finite = torch.isfinite(p)
+                bad += int((~finite).sum())
+                delta = delta[finite & torch.isfinite(old)]
+                largest = float(delta.max()) if delta.numel() else 0.0
+            r.max_update = max(r.max_update, largest)
         if bad:
             r.nonfinite_steps += 1
             r.nonfinite_values += bad
