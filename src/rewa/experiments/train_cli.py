@@ -68,6 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rewa train`")
     e.add_argument("--device", help="device to evaluate on (default: the run's train.device)")
     e.add_argument("--data-dir", help="dataset directory, if it moved since training")
+    e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_eval)
 
@@ -109,7 +110,13 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from rewa.train.final import evaluate_run
 
-    evaluate_run(args.run_dir, device=args.device, data_dir=args.data_dir, progress=not args.quiet)
+    evaluate_run(
+        args.run_dir,
+        device=args.device,
+        data_dir=args.data_dir,
+        plots=not args.no_plots,
+        progress=not args.quiet,
+    )
     return 0
 
 

@@ -181,6 +181,7 @@ def evaluate_run(
     *,
     device: str | None = None,
     data_dir: str | None = None,
+    plots: bool = True,
     echo: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -196,6 +197,7 @@ def evaluate_run(
     config = config_from_dict(loaded.payload["config"])
     if data_dir is not None:
         config.data.data_dir = data_dir
+    config.eval.plots = config.eval.plots and plots
     torch_device = select_device(device or config.train.device)
     data = load_data(config)
     model, method = build_model_and_method(config, data.num_classes, torch_device)
