@@ -108,6 +108,22 @@ def main(out: Path) -> None:
     result["fsdp_pruned_zeros"] = sparsity_report(net, ()).zeros
     train(net, opt, data[STEPS:], rank, world)  # y must follow the pruned weights (resync)
     result["fsdp_final"] = [p.full_tensor() for p in net.parameters()]
+
+    # DDP with BatchNorm: the last forward leaves each rank its own running statistics
+    from torch.nn.parallel import DistributedDataParallel
+
+    from rewa.models import build_model
+    from rewa.train.distributed import fingerprint, sync_buffers
+
+    torch.manual_seed(0)
+    bn_model = build_model("tiny", 3)
+    DistributedDataParallel(bn_model)(torch.randn(4, 3, 8, 8) + rank)  # different data per rank
+    buffers = [None] * world
+    dist.all_gather_object(buffers, fingerprint(bn_model.buffers()))
+    result["bn_buffers_differ"] = buffers[0] != buffers[1]
+    sync_buffers(bn_model)
+    dist.all_gather_object(buffers, fingerprint(bn_model.buffers()))
+    result["bn_buffers_synced"] = buffers[0] == buffers[1]
     torch.save(result, out / f"rank{rank}.pt")
 
 

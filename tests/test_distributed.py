@@ -122,6 +122,11 @@ def test_metrics_and_evaluation_are_reduced_over_ranks(launch):
         assert point["val_acc"] == pytest.approx(ref_point["val_acc"], abs=1 / 64 + 1e-9)
 
 
+def test_batchnorm_statistics_are_synced_from_rank_0(launch):
+    for result in launch["ranks"]:
+        assert result["bn_buffers_differ"] and result["bn_buffers_synced"]
+
+
 # ---------------------------------------------------------------- sparsity over shards
 
 

@@ -165,6 +165,8 @@ def load_folder(config: Config) -> FolderData:
     d = config.data
     backend = None if d.backend == "auto" else d.backend
     train, val = load_imagenet(d.data_dir, size=d.image_size, resize=d.resize, backend=backend)
+    if not d.augment:  # train on the evaluation view (resize + center crop)
+        train.transform = val.transform
     return FolderData(
         Path(d.data_dir),
         train,

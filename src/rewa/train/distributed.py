@@ -225,6 +225,20 @@ def on_main(fn: Callable[[], T]) -> T:
 # ---------------------------------------------------------------- replicas
 
 
+@torch.no_grad()
+def sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts them before each training forward, but the last forward of an epoch updates
+    them on every rank with its own batch: without this, evaluation and checkpoints would see a
+    different model on each rank.
+    """
+    if world_size() < 2:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
+
+
 def fingerprint(tensors: Iterable[torch.Tensor]) -> str:
     """sha256 of the bytes of ``tensors`` (in order): equal iff bit-identical (shapes included)."""
     digest = hashlib.sha256()

@@ -498,6 +498,7 @@ class Trainer:
         return record
 
     def epoch_record(self, stats: EpochStats) -> dict[str, Any]:
+        distributed.sync_buffers(self.model)  # one model everywhere for evaluation and checkpoints
         loss_sum, correct, seen, skipped = distributed.sum_over_ranks(
             stats.loss_sum, stats.correct, stats.seen, stats.skipped
         )
