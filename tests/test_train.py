@@ -4,6 +4,7 @@ evaluation sweep and report follow their definitions."""
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 
 from rewa.cli import main
 from rewa.data.cifar import write_fake_cifar
-from rewa.train import load_config, train
+from rewa.train import checkpoint, load_config, train
 from rewa.train.evaluation import accuracy_at_sparsity, threshold_sweep
 from rewa.train.trainer import lr_factor
 
@@ -159,3 +160,24 @@ def test_train_cli_rejects_a_typo_in_one_line(capsys):
 def test_print_config(capsys):
     assert main(["train", "--config", str(TINY), "--print-config", "--seed", "7"]) == 0
     assert "seed: 7" in capsys.readouterr().out
+
+
+def test_resuming_a_complete_run_only_evaluates_and_warns_about_empty_layers(
+    finished_run, data_dir, tmp_path
+):
+    # a run killed during its final evaluation: complete checkpoint, no eval.json; and a layer
+    # that the method emptied entirely
+    root = tmp_path / "copy"
+    shutil.copytree(finished_run[0], root)
+    (root / "eval.json").unlink()
+    state = checkpoint.load(root / checkpoint.LATEST)
+    state["model"]["conv2.weight"].zero_()
+    checkpoint.save(root, state)
+    messages = []
+    train(tiny(data_dir, "eval.plots=false"), root, resume=True, echo=messages.append)
+    assert any("already complete" in m for m in messages)
+    assert any(m.startswith("WARNING: layer conv2.weight is entirely zero") for m in messages)
+    evaluation = json.loads((root / "eval.json").read_text())
+    assert evaluation["empty_layers"] == ["conv2.weight"]
+    assert "entirely zero layers" in (root / "eval.md").read_text()
+    assert checkpoint.load(root / checkpoint.LATEST)["step"] == state["step"]  # no training
