@@ -12,7 +12,8 @@ TRAIN_EPILOG = """\
 examples:
   rewa train --config configs/cifar10_resnet20_rewa.yaml --set data.data_dir=../shared/data/cifar10
   rewa train --config configs/tiny.yaml --set schedule.epochs=2 --set method.options.K=3
-  rewa train --config configs/cifar10_resnet20_rewa.yaml --resume   # continue after a crash
+  rewa train --config configs/cifar10_resnet20_rewa.yaml --set data.data_dir=../shared/data/cifar10 \
+      --resume   # continue after a crash (same config and --set; output/eval keys may differ)
 
 A run directory (default runs/<config name>) gets config.yaml, run.json, metrics.jsonl,
 checkpoint.pt (+ checkpoint.prev.pt), and at the end eval.json, eval.md and PNG plots.
