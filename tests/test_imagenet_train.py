@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from rewa.errors import UsageError
 from rewa.train import distributed, load_config, train
@@ -156,3 +157,18 @@ def test_global_batch_must_divide_over_ranks(folder, monkeypatch):
     as_rank(monkeypatch, 0, 1)
     with pytest.raises(UsageError, match="larger than the training set"):
         train_batches(config(folder, "data.batch_size=64"), data, torch.device("cpu"))
+
+
+def test_runs_from_before_the_folder_keys_still_resume(tmp_path):
+    from rewa.train.rundir import prepare
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml")
+    stored = cfg.to_dict()
+    for key in ("workers", "backend", "image_size", "resize"):  # added by the ImageNet pipeline
+        del stored["data"][key]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert prepare(tmp_path, cfg, resume=True, force=False) is True
+    stored["data"]["batch_size"] += 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(UsageError, match="different run"):
+        prepare(tmp_path, cfg, resume=True, force=False)

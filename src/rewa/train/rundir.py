@@ -8,6 +8,7 @@ session), ``metrics.jsonl``, ``checkpoint.pt`` / ``checkpoint.prev.pt`` and the 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,7 +21,7 @@ import yaml
 
 from rewa.errors import UsageError
 from rewa.train import checkpoint
-from rewa.train.config import Config, flatten, run_differences
+from rewa.train.config import Config, config_from_dict, flatten, run_differences
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -105,6 +106,9 @@ def prepare(root: Path, config: Config, *, resume: bool, force: bool) -> bool:
             "(--run-dir) or pass --force"
         )
     old = stored_config(root)
+    if old is not None:
+        with contextlib.suppress(UsageError):  # keys added to Config since compare as defaults
+            old = config_from_dict(old).to_dict()
     new = config.to_dict()
     diff = run_differences(old, new) if old is not None else ["config.yaml (missing)"]
     if diff:
