@@ -10,10 +10,10 @@ from rewa.errors import UsageError
 
 TRAIN_EPILOG = """\
 examples:
-  rewa train --config configs/cifar10_resnet20_rewa.yaml --set data.data_dir=../shared/data/cifar10
+  rewa train --config configs/cifar10_resnet20_rewa.yaml --set data.data_dir=DIR
   rewa train --config configs/tiny.yaml --set schedule.epochs=2 --set method.options.K=3
-  rewa train --config configs/cifar10_resnet20_rewa.yaml --set data.data_dir=../shared/data/cifar10 \
-      --resume   # continue after a crash (same config and --set; output/eval keys may differ)
+  rewa train --config configs/cifar10_resnet20_rewa.yaml --set data.data_dir=DIR --resume
+      (continue after a crash: same config and --set; output.* and eval.* may differ)
 
 A run directory (default runs/<config name>) gets config.yaml, run.json, metrics.jsonl,
 checkpoint.pt (+ checkpoint.prev.pt), and at the end eval.json, eval.md and PNG plots.
