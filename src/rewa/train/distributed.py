@@ -122,14 +122,16 @@ def init_from_env(device_name: str = "auto") -> bool:
     if not dist.is_available():
         raise UsageError("launched with WORLD_SIZE > 1 but this torch has no torch.distributed")
     backend = backend_for(device_name)
+    device = None
     if backend == "nccl":
         if local_rank() >= torch.cuda.device_count():
             raise UsageError(
                 f"LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} GPUs on this "
                 "node: use --nproc_per_node <= the number of GPUs"
             )
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend, timeout=TIMEOUT)
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=TIMEOUT, device_id=device)
     return True
 
 
