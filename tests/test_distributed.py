@@ -181,3 +181,26 @@ def test_rewa_on_fsdp2_matches_one_process(launch):
         # would jump back to their old values at the next step)
         for got, want in zip(result["fsdp_final"], net.parameters(), strict=True):
             torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- helpers on one process
+
+
+def test_helpers_are_no_ops_on_one_process(monkeypatch):
+    from rewa.train import distributed as d
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert d.init_from_env("cpu") is False and not d.is_initialized()
+    assert d.backend_for("cpu") == "gloo" and d.backend_for("cuda:0") == "nccl"
+    assert d.on_main(lambda: 5) == 5 and d.broadcast_object({"a": 1}) == {"a": 1}
+    assert d.per_rank_batch(7) == 7 and d.shard_range(10) == (0, 10)
+    assert d.replica_check(torch.nn.Linear(2, 2), torch.optim.SGD([torch.zeros(1)], lr=0.1)) == {}
+
+
+def test_fingerprint_sees_one_bit_and_shapes():
+    a = torch.ones(3)
+    b = a.clone()
+    b[1] = torch.nextafter(b[1], torch.tensor(2.0))
+    assert fingerprint([a]) == fingerprint([a.clone()]) != fingerprint([b])
+    assert fingerprint([torch.zeros(2, 3)]) != fingerprint([torch.zeros(3, 2)])
+    assert fingerprint([torch.zeros(2)]) != fingerprint([torch.zeros(2, dtype=torch.float64)])
