@@ -10,9 +10,10 @@ for every tensor and model). On a GPU the whole bucket is one compiled graph wit
 so that the compiler can fuse across tensors and the step is a few kernel launches.
 
 Steps that the kernels do not cover go to the eager update: ``lr == 0`` (must be a bit-exact
-no-op on x), ``K == 1`` groups without a master copy (bit-identical to torch.optim), tensors with
-a single element (the compiler specializes size 1) and tensors whose state does not share the
-parameter's memory layout.
+no-op on x), ``K == 1`` groups without a master copy (bit-identical to torch.optim), small tensors
+on a CPU (below :data:`MIN_KERNEL_NUMEL`, where a compiled call's overhead exceeds its gain; the
+compiler also specializes size 1) and tensors whose state does not share the parameter's memory
+layout.
 """
 
 from __future__ import annotations
@@ -80,11 +81,17 @@ def _scale(y: Tensor, spec: Spec, eps: float) -> Tensor | None:
 def _sgd_math(spec: Spec) -> Callable[..., None]:
     big, limit = spec.big, spec.limit
 
-    def step(x, y, g, b, lr, wd, mu, eps):
+    def step(x, y, g, b, hp):
+        lr, wd, mu, eps = hp[0], hp[1], hp[2], hp[3]
         g = g.to(y.dtype)
         s = _scale(y, spec, eps)
-        sg = g if s is None else s * g
-        d = sg + wd * y if spec.momentum is False else b * mu + sg + wd * y
+        if s is None:  # the eager update's order of operations, for equal rounding
+            d = g + wd * y
+            if spec.momentum:
+                d = b * mu + d
+        else:
+            d = s * g if not spec.momentum else b * mu + s * g
+            d = d + wd * y
         d = d.clamp(-big, big)
         new_y = (y - lr * d).clamp(-limit, limit)
         if spec.momentum:
@@ -98,14 +105,16 @@ def _sgd_math(spec: Spec) -> Callable[..., None]:
 def _adamw_math(spec: Spec) -> Callable[..., None]:
     big, limit = spec.big, spec.limit
 
-    def step(x, y, g, m, v, step_size, bias2_sqrt, lr, wd, beta1, beta2, adam_eps, eps):
+    def step(x, y, g, m, v, hp):
+        decay, one_minus_beta1, beta2, one_minus_beta2 = hp[0], hp[1], hp[2], hp[3]
+        adam_eps, eps, step_size, bias2_sqrt = hp[4], hp[5], hp[6], hp[7]
         g = g.to(y.dtype)
         s = _scale(y, spec, eps)
         ghat = g if s is None else (s * g).clamp(-big, big)
-        new_m = torch.lerp(m, ghat, 1.0 - beta1).clamp(-big, big)
-        new_v = (v * beta2 + (1.0 - beta2) * ghat * ghat).clamp(max=big)
+        new_m = torch.lerp(m, ghat, one_minus_beta1).clamp(-big, big)
+        new_v = (v * beta2 + one_minus_beta2 * ghat * ghat).clamp(max=big)
         denom = new_v.sqrt() / bias2_sqrt + adam_eps
-        new_y = (y * (1.0 - lr * wd) + step_size * (new_m / denom)).clamp(-limit, limit)
+        new_y = (y * decay + step_size * (new_m / denom)).clamp(-limit, limit)
         m.copy_(new_m)
         v.copy_(new_v)
         y.copy_(new_y)
@@ -117,9 +126,9 @@ def _adamw_math(spec: Spec) -> Callable[..., None]:
 def _over_lists(math: Callable[..., None]) -> Callable[..., None]:
     """The per-tensor math applied to every tensor of a bucket, as one function to compile."""
 
-    def step(tensor_lists, per_tensor_scalars, scalars):
+    def step(tensor_lists, hp):
         for i in range(len(tensor_lists[0])):
-            math(*(ts[i] for ts in tensor_lists), *(ps[i] for ps in per_tensor_scalars), *scalars)
+            math(*(ts[i] for ts in tensor_lists), hp)
 
     return step
 
@@ -164,9 +173,15 @@ def _dense(t: Tensor) -> bool:
     return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
 
 
-def _kernel_friendly(*ts: Tensor) -> bool:
+# On a CPU a compiled call costs ~0.1 ms of Python and guard overhead, which the eager step
+# beats for small tensors (measured break-even a few thousand elements, see README
+# "Performance"). On a GPU the whole bucket is one call, so every tensor goes to the kernel.
+MIN_KERNEL_NUMEL = {"cpu": 8192}
+
+
+def _kernel_friendly(ts: tuple[Tensor, ...]) -> bool:
     first = ts[0]
-    if first.numel() < 2 or not _dense(first):
+    if first.numel() < max(2, MIN_KERNEL_NUMEL.get(first.device.type, 2)) or not _dense(first):
         return False
     return all(t.stride() == first.stride() for t in ts[1:])
 
@@ -188,7 +203,7 @@ def _split(tensor_lists: list[list[Tensor]]) -> tuple[list[int], list[int]]:
     """Indices the kernel takes and indices left to the eager update."""
     fused, eager = [], []
     for i, ts in enumerate(zip(*tensor_lists, strict=True)):
-        (fused if _kernel_friendly(*ts) else eager).append(i)
+        (fused if _kernel_friendly(ts) else eager).append(i)
     return fused, eager
 
 
@@ -196,24 +211,22 @@ def _pick(ts: list[Any] | None, idx: list[int]) -> list[Any] | None:
     return None if ts is None else [ts[i] for i in idx]
 
 
-def _run(
-    spec: Spec,
-    tensor_lists: list[list[Any]],
-    per_tensor_scalars: tuple[list[float], ...],
-    scalars: tuple[float, ...],
-) -> None:
+def _run(spec: Spec, tensor_lists: list[list[Any]], scalars: list[float]) -> None:
+    """Run the kernel of ``spec`` over the tensors with the scalar hyperparameters ``scalars``.
+
+    The scalars travel as one float64 tensor rather than as Python floats: a float argument
+    costs a tensor conversion per call and per value inside the compiled function's wrapper.
+    """
     fn = kernel(spec)
+    device = tensor_lists[0][0].device
+    hp = torch.tensor(scalars, dtype=torch.float64, device=device)
     if spec.per_tensor:
         for i in range(len(tensor_lists[0])):
-            fn(
-                *(_flat(ts[i]) for ts in tensor_lists),
-                *(ps[i] for ps in per_tensor_scalars),
-                *scalars,
-            )
+            fn(*(_flat(ts[i]) for ts in tensor_lists), hp)
         for x in tensor_lists[0]:
             torch.autograd.graph.increment_version(x)
     else:
-        fn(tensor_lists, per_tensor_scalars, scalars)
+        fn(tensor_lists, hp)
 
 
 def sgd_update(
@@ -236,8 +249,7 @@ def sgd_update(
         picked = [_pick(ts, fused) for ts in lists]
         if bufs is None:
             picked.append([None] * len(fused))
-        scalars = (h.lr, h.weight_decay, h.momentum, F.eps_in(ys[0].dtype, h.eps))
-        _run(spec, picked, (), scalars)
+        _run(spec, picked, [h.lr, h.weight_decay, h.momentum, F.eps_in(ys[0].dtype, h.eps)])
 
 
 def adamw_update(
@@ -260,7 +272,11 @@ def adamw_update(
     if fused:
         spec = _spec("adamw", h, xs, ys, False)
         step_sizes, bias2_sqrt = F.adam_scalars(h, _pick(steps, fused))
-        eps = F.eps_in(ys[0].dtype, h.eps)
-        scalars = (h.lr, h.weight_decay, h.beta1, h.beta2, h.adam_eps, eps)
-        picked = [_pick(ts, fused) for ts in lists]
-        _run(spec, picked, (step_sizes, bias2_sqrt), scalars)
+        shared = [1.0 - h.lr * h.weight_decay, 1.0 - h.beta1, h.beta2, 1.0 - h.beta2, h.adam_eps]
+        shared.append(F.eps_in(ys[0].dtype, h.eps))
+        # tensors stepped equally often share their bias corrections: one call (or one group)
+        by_step: dict[tuple[float, float], list[int]] = {}
+        for i, key in zip(fused, zip(step_sizes, bias2_sqrt, strict=True), strict=True):
+            by_step.setdefault(key, []).append(i)
+        for (step_size, b2), idx in by_step.items():
+            _run(spec, [_pick(ts, idx) for ts in lists], [*shared, step_size, b2])

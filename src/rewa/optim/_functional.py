@@ -20,6 +20,7 @@ A compiled variant of the same math lives in :mod:`rewa.optim._compiled`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,7 @@ def y_limit(h: Hyper, dtype: torch.dtype) -> float:
     return (0.5 * torch.finfo(dtype).max) ** (1.0 / max(h.K, h.M, 1.0))
 
 
+@functools.lru_cache(maxsize=64)
 def eps_in(dtype: torch.dtype, eps: float) -> float:
     """ε as the kernels see it: an ε that rounds to 0 in ``dtype`` is 0 (no 0·inf at y = 0)."""
     return float(torch.tensor(eps, dtype=dtype))
