@@ -104,14 +104,20 @@ def fit_linear(
     schedule = LambdaLR(optimizer, lambda s: cosine_factor(s, total))
     monitor = StabilityMonitor(lambda: [coef()])
     fit = LinearFit(coef().detach())
+    # Each epoch's shuffled copy of the data goes into one buffer, so a minibatch is a view
+    # (one big gather per epoch is cheaper than a small one per step; same rows, same order).
+    X_shuffled = torch.empty_like(data.X_train)
+    y_shuffled = torch.empty_like(data.y_train)
     start = time.perf_counter()
     step = 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
+        torch.index_select(data.X_train, 0, order, out=X_shuffled)
+        torch.index_select(data.y_train, 0, order, out=y_shuffled)
         epoch_loss = 0.0
         for i in range(0, n, batch_size):
-            rows = order[i : i + batch_size]
-            residual = data.X_train[rows] @ coef() - data.y_train[rows]
+            X_batch, y_batch = X_shuffled[i : i + batch_size], y_shuffled[i : i + batch_size]
+            residual = X_batch @ coef() - y_batch
             loss = 0.5 * residual.pow(2).mean()
             extra = sparse.penalty() if sparse is not None else None
             if penalty is not None:
@@ -130,7 +136,7 @@ def fit_linear(
             schedule.step()
             step += 1
             fit.step_losses.append(value)
-            epoch_loss += value * rows.numel()
+            epoch_loss += value * y_batch.numel()
             if on_step is not None:
                 on_step()
             if on_coef is not None:
