@@ -107,7 +107,9 @@ class Candidate:
     def hyper(self) -> str:
         opts = dict(self.options)
         shown = {k: v for k, v in opts.items() if k not in ("K", "M", "p")}
-        parts = [f"lr={self.lr:g}"] + [f"{k}={v:g}" for k, v in shown.items()]
+        closed_form = self.method in ("lasso", "ridge")
+        parts = [] if closed_form else [f"lr={self.lr:g}"]
+        parts += [f"{k}={v:g}" for k, v in shown.items()]
         return ", ".join(parts)
 
 
