@@ -9,16 +9,21 @@ import torch
 from torch import nn
 
 from rewa.control import (
+    GAINS,
     GroupKnob,
+    OptionKnob,
     SparsityController,
     TargetSparsity,
     cubic_ramp,
+    for_method,
     log_density_error,
     sparse_group_knob,
 )
 from rewa.data.synthetic import make_sparse_regression
 from rewa.experiments.linear import fit_linear
+from rewa.methods import build_method
 from rewa.optim import ReWA, param_groups
+from rewa.optim.prox import ProxL1
 
 
 def test_cubic_ramp_matches_the_gmp_schedule():
@@ -154,7 +159,12 @@ def test_target_sparsity_measures_every_n_steps_and_at_the_end():
     with torch.no_grad():
         model[0].weight.zero_()
     assert hook.measure() == pytest.approx(128 / 160)
-    assert set(hook.metrics()) >= {"target_sparsity", "controlled_sparsity", "control_multiplier"}
+    assert set(hook.metrics()) == {
+        "control_target",
+        "control_measured",
+        "control_multiplier",
+        "control_strength",
+    }
 
 
 @pytest.fixture
@@ -166,18 +176,54 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _controlled_regression(target: float, weight_decay: float, seed: int = 0) -> float:
+@pytest.mark.parametrize(
+    ("name", "options", "key", "kind"),
+    [
+        ("rewa", {"weight_decay": 1e-3}, "weight_decay", "integrating"),
+        ("l1-prox", {"lam": 1e-3}, "l1", "static"),
+        ("l1", {"lam": 1e-3}, "lam", "static"),
+        ("spred", {"weight_decay": 1e-3}, "weight_decay", "integrating"),
+    ],
+)
+def test_for_method_scales_each_methods_strength(name, options, key, kind):
+    model = _model()
+    method = build_method(name, model, lr=0.1, options=options)
+    hook = for_method(method, model, 0.9, every=1)
+    assert hook.knob.key == key
+    assert hook.controller.settings.kp == GAINS[kind]["kp"]
+    hook.knob.set(3.0)
+    assert hook.knob.value() == pytest.approx(3e-3)
+    if isinstance(hook.knob, OptionKnob):
+        assert method.options["lam"] == pytest.approx(3e-3)  # read by the penalty each step
+    else:
+        assert method.optimizer.param_groups[hook.knob.groups[0]][key] == pytest.approx(3e-3)
+    assert 0.0 <= hook.measure() <= 1.0
+
+
+def test_for_method_rejects_methods_without_a_strength_and_bad_options():
+    model = _model()
+    with pytest.raises(ValueError, match="prunes to its own target"):
+        for_method(build_method("gmp", model, lr=0.1), model, 0.9)
+    with pytest.raises(ValueError, match="cannot control method 'dense'"):
+        for_method(build_method("dense", model, lr=0.1), model, 0.9)
+    with pytest.raises(ValueError, match="unknown controller option 'kd'"):
+        for_method(build_method("rewa", _model(), lr=0.1), model, 0.9, kd=1.0)
+
+
+def _controlled_regression(target: float, method: str, strength: float, seed: int = 0) -> float:
     data = make_sparse_regression(1000, 200, 5, seed=seed)
     epochs = 100
     steps = epochs * 8
     holder: dict = {"step": 0}
 
     def factory(params):
-        opt = ReWA([{"params": params, "name": "rewa"}], lr=2e-2, K=9, M=2)
-        opt.param_groups[0]["weight_decay"] = weight_decay
-        holder["hook"] = TargetSparsity(
-            SparsityController(target, threshold=1e-3), sparse_group_knob(opt), params, every=10
-        )
+        if method == "rewa":
+            opt = ReWA(params, lr=2e-2, K=9, M=2, weight_decay=strength)
+        else:
+            opt = ProxL1(params, lr=1e-3, l1=strength, momentum=0.9)
+        gains = GAINS["integrating" if method == "rewa" else "static"]
+        controller = SparsityController(target, threshold=1e-3, **gains)
+        holder["hook"] = TargetSparsity(controller, sparse_group_knob(opt), params, every=10)
         return opt
 
     def on_step():
@@ -192,5 +238,11 @@ def _controlled_regression(target: float, weight_decay: float, seed: int = 0) ->
 @pytest.mark.parametrize("target", [0.9, 0.95, 0.99])
 def test_rewa_on_sparse_regression_ends_at_the_target(target, one_thread):
     # Uncontrolled on this problem, κ = 1e-2 ends at 81% of |β̂| <= 1e-3, κ = 0.1 at 99.1%.
-    achieved = _controlled_regression(target, 1e-2)
+    achieved = _controlled_regression(target, "rewa", 1e-2)
+    assert abs(achieved - target) <= 0.005, achieved
+
+
+@pytest.mark.parametrize("target", [0.9, 0.99])
+def test_proximal_l1_on_sparse_regression_ends_at_the_target(target, one_thread):
+    achieved = _controlled_regression(target, "l1-prox", 1e-2, seed=1)
     assert abs(achieved - target) <= 0.005, achieved

@@ -22,21 +22,28 @@ through Σ_t η_t·κ, see METHOD.md) and on the task. :class:`SparsityControlle
   is clamped to the multiplier's range (anti-windup).
 
 The controller knows nothing about models or training loops: ``update(measured, progress)``
-returns the multiplier. :class:`TargetSparsity` connects it to a set of weights and to an
-optimizer's hyperparameter (a :class:`GroupKnob`) and is what a training loop calls after each
-optimizer step. Both have ``state_dict``/``load_state_dict`` for checkpoints.
+returns the multiplier. :class:`TargetSparsity` connects it to the weights it measures and to the
+strength it scales (a :class:`GroupKnob` on param_groups, an :class:`OptionKnob` on a penalty's
+``lam``); it is what a training loop calls after each optimizer step, and :func:`for_method` builds
+one for a :mod:`rewa.methods` method with the gains preset of its kind (:data:`GAINS`). Both have
+``state_dict``/``load_state_dict`` for checkpoints.
+
+What it cannot do: undo over-sparsification quickly. With ReWA (M > 0) an exact zero is
+absorbing and a tiny weight regrows slowly, so a base strength that empties the model in the
+first steps cannot be rescued; start from a moderate strength and let the controller raise it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from rewa.sparsity import sparsity_report
 
 DENSITY_FLOOR = 1e-4  # δ: keeps the log-density finite when every weight is below threshold
 
@@ -212,8 +219,9 @@ class GroupKnob:
         for i, base in zip(self.groups, self.base, strict=True):
             self.optimizer.param_groups[i][self.key] = base * multiplier
 
-    def parameters(self) -> list[Tensor]:
-        return [p for i in self.groups for p in self.optimizer.param_groups[i]["params"]]
+    def value(self) -> float:
+        """The current strength of the first controlled group."""
+        return float(self.optimizer.param_groups[self.groups[0]][self.key])
 
     def state_dict(self) -> dict[str, Any]:
         return {"key": self.key, "groups": list(self.groups), "base": list(self.base)}
@@ -225,6 +233,37 @@ class GroupKnob:
                 f"not {self.key!r} of groups {self.groups}"
             )
         self.base = [float(b) for b in state["base"]]
+
+
+class OptionKnob:
+    """A strength kept in a mapping that is read at every step (a penalty's ``lam``)."""
+
+    def __init__(self, options: MutableMapping[str, Any], key: str) -> None:
+        self.options = options
+        self.key = key
+        self.base = float(options[key])
+        if not self.base > 0:
+            raise ValueError(
+                f"target sparsity scales {key!r}, which is {self.base!r}; give it a positive "
+                "starting value"
+            )
+
+    def set(self, multiplier: float) -> None:
+        self.options[self.key] = self.base * multiplier
+
+    def value(self) -> float:
+        return float(self.options[self.key])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "base": self.base}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["key"] != self.key:
+            raise ValueError(f"controller state is for {state['key']!r}, not {self.key!r}")
+        self.base = float(state["base"])
+
+
+Knob = GroupKnob | OptionKnob
 
 
 def sparse_group_knob(optimizer: Optimizer) -> GroupKnob:
@@ -246,55 +285,82 @@ def sparse_group_knob(optimizer: Optimizer) -> GroupKnob:
     )
 
 
+# Gains by how the sparsity responds to the strength (see the module docstring):
+# - "integrating": the strength sets a *rate* of shrinkage (ReWA's κ acts through Σ η_t κ;
+#   Spred's and STR's weight decay on hidden factors); PI with a strong P term for damping.
+# - "static": the strength sets the sparsity almost at once (the proximal soft threshold, a
+#   penalty's subgradient); a P term makes it oscillate, pure I is stable.
+# Both were tuned on the sparse-regression problem (results/target_sparsity/).
+GAINS: dict[str, dict[str, float]] = {
+    "integrating": {"kp": 6.0, "ki": 60.0},
+    "static": {"kp": 0.0, "ki": 60.0},
+}
+# method name -> (what is scaled, gains preset); the knob is found on the built method.
+METHOD_KNOBS: dict[str, tuple[str, str]] = {
+    "rewa": ("weight_decay of the ReWA group", "integrating"),
+    "spred": ("weight_decay of the u, v factors", "integrating"),
+    "str": ("weight_decay of the hidden weights and thresholds", "integrating"),
+    "l1-prox": ("l1 (lam) of the conv/linear group", "static"),
+    "l1": ("lam of the l1 penalty", "static"),
+    "lp": ("lam of the lp penalty", "static"),
+}
+
+
+def method_knob(method: Any) -> GroupKnob | OptionKnob:
+    """The strength knob of a :mod:`rewa.methods` method (duck-typed on ``method.name``)."""
+    name = getattr(method, "name", None)
+    if name not in METHOD_KNOBS:
+        valid = ", ".join(sorted(METHOD_KNOBS))
+        why = " (it prunes to its own target)" if name == "gmp" else ""
+        raise ValueError(
+            f"target sparsity cannot control method {name!r}{why}; it works with: {valid}"
+        )
+    optimizer = method.optimizer
+    if name in ("rewa", "l1-prox"):
+        return sparse_group_knob(optimizer)
+    if name in ("spred", "str"):  # the first group holds the sparsified factors
+        return GroupKnob(optimizer, "weight_decay", [0])
+    return OptionKnob(method.options, "lam")
+
+
 # ---------------------------------------------------------------- the hook a loop calls
 
 
-@torch.no_grad()
-def fraction_at_most(tensors: Iterable[Tensor], threshold: float) -> tuple[int, int]:
-    """(number of entries with |x| <= threshold, number of entries) over ``tensors``."""
-    below = total = 0
-    for t in tensors:
-        below += int((t.detach().abs() <= threshold).sum())
-        total += t.numel()
-    return below, total
-
-
-Reduce = Callable[[int, int], tuple[int, int]]
+Source = nn.Module | Sequence[Tensor]
 
 
 class TargetSparsity:
-    """Measure the sparsity of ``weights`` every ``every`` steps and set the knob's strength.
+    """Measure the sparsity of ``source`` every ``every`` steps and set the knob's strength.
 
-    ``weights`` are the tensors whose sparsity is controlled (the conv + linear weights: the
-    reporting denominator); ``reduce`` sums (below, total) over ranks for sharded parameters
-    (replicated DDP parameters need none). Call :meth:`after_step` after every optimizer step.
+    ``source`` is a model (its conv + linear weights as the forward pass sees them: the
+    reporting denominator) or a list of tensors. Measurement goes through
+    :func:`rewa.sparsity.sparsity_report`, so sharded (DTensor) weights are counted over all
+    shards (call it on every rank); DDP replicas are identical and need nothing. Call
+    :meth:`after_step` after every optimizer step.
     """
 
     def __init__(
         self,
         controller: SparsityController,
-        knob: GroupKnob,
-        weights: Sequence[Tensor],
+        knob: Knob,
+        source: Source,
         *,
         every: int = 10,
-        reduce: Reduce | None = None,
     ) -> None:
         if every < 1:
             raise ValueError(f"TargetSparsity: every must be >= 1, got {every}")
-        if not weights:
-            raise ValueError("TargetSparsity: no weights to measure")
         self.controller = controller
         self.knob = knob
-        self.weights = list(weights)
+        self.source = source if isinstance(source, nn.Module) else list(source)
+        if not isinstance(self.source, nn.Module) and not self.source:
+            raise ValueError("TargetSparsity: no weights to measure")
         self.every = every
-        self.reduce = reduce
         self.knob.set(controller.multiplier)
 
     def measure(self) -> float:
-        below, total = fraction_at_most(self.weights, self.controller.threshold)
-        if self.reduce is not None:
-            below, total = self.reduce(below, total)
-        return below / max(total, 1)
+        """Fraction of the weights with |x| <= the controller's threshold."""
+        tau = self.controller.threshold
+        return sparsity_report(self.source, (tau,)).fraction_below(tau)
 
     def after_step(self, step: int, total_steps: int) -> float | None:
         """After optimizer step ``step`` (from 0) of ``total_steps``: every ``every`` steps (and at
@@ -306,17 +372,16 @@ class TargetSparsity:
         self.knob.set(self.controller.update(measured, done / max(total_steps, 1)))
         return measured
 
-    def strength(self) -> list[float]:
-        """The current strength of each controlled group."""
-        return [self.knob.optimizer.param_groups[i][self.knob.key] for i in self.knob.groups]
-
     def metrics(self) -> dict[str, float]:
         """Values to log: measured and scheduled sparsity, multiplier, strength."""
         c = self.controller
-        out = {"target_sparsity": c.last_target, "control_multiplier": c.multiplier}
+        out = {
+            "control_target": c.last_target,
+            "control_multiplier": c.multiplier,
+            "control_strength": self.knob.value(),
+        }
         if c.last_measured is not None:
-            out["controlled_sparsity"] = c.last_measured
-        out[f"control_{self.knob.key}"] = self.strength()[0]
+            out["control_measured"] = c.last_measured
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -328,13 +393,44 @@ class TargetSparsity:
         self.knob.set(self.controller.multiplier)
 
 
+def for_method(
+    method: Any,
+    source: Source,
+    target: float,
+    *,
+    threshold: float = 1e-3,
+    every: int = 10,
+    ramp_start: float = 0.05,
+    ramp_end: float = 0.6,
+    **overrides: float,
+) -> TargetSparsity:
+    """A :class:`TargetSparsity` for a built :mod:`rewa.methods` method, with the gains preset of
+    its kind (``overrides``: kp, ki, min_multiplier, max_multiplier)."""
+    knob = method_knob(method)
+    unknown = sorted(set(overrides) - {"kp", "ki", "min_multiplier", "max_multiplier"})
+    if unknown:
+        raise ValueError(
+            f"unknown controller option {unknown[0]!r}; valid: kp, ki, min_multiplier, "
+            "max_multiplier"
+        )
+    settings = {**GAINS[METHOD_KNOBS[method.name][1]], **overrides}
+    controller = SparsityController(
+        target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **settings
+    )
+    return TargetSparsity(controller, knob, source, every=every)
+
+
 __all__ = [
+    "GAINS",
+    "METHOD_KNOBS",
     "ControllerSettings",
     "GroupKnob",
+    "OptionKnob",
     "SparsityController",
     "TargetSparsity",
     "cubic_ramp",
-    "fraction_at_most",
+    "for_method",
     "log_density_error",
+    "method_knob",
     "sparse_group_knob",
 ]
