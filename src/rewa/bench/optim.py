@@ -192,10 +192,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cands = candidates(device, compiled=not args.no_compile)
-    if args.only:
-        keep = {BASELINE, *args.only}
-        cands = [c for c in cands if c.name in keep]
+    every = candidates(device, compiled=not args.no_compile)
+    keep = {BASELINE, *args.only} if args.only else {c.name for c in every}
+    cands = [c for c in every if c.name in keep]
     load_before = load_average()
     copy_bw = copy_bandwidth(device)
     rows: list[dict[str, Any]] = []
@@ -214,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 bar=bar,
             )
             for prof_name in args.profile or []:
-                cand = next((c for c in cands if c.name == prof_name), None)
+                cand = next((c for c in every if c.name == prof_name), None)
                 if cand is None:  # e.g. fused AdamW on a device without it
                     continue
                 weights, grads = make_tensors(PARAM_SETS[name](), device, args.seed)
