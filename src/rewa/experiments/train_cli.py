@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rewa.cliutil import fraction
 from rewa.errors import UsageError
 
 TRAIN_EPILOG = """\
@@ -55,6 +56,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="start over in a run directory that already holds a run (deletes its files)",
     )
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
+    p.add_argument(
+        "--target-sparsity",
+        type=fraction,
+        metavar="S",
+        help="end training with a fraction S of the conv/linear weights at |x| <= "
+        "sparsity.threshold (default 1e-3) by adjusting the method's strength (ReWA's weight "
+        "decay, l1's lam) during training; shortcut for --set sparsity.target=S",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p.set_defaults(func=_train)
@@ -96,6 +105,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    if args.target_sparsity is not None:
+        overrides.append(f"sparsity.target={args.target_sparsity!r}")
     config = load_config(args.config, overrides)
     if args.print_config:
         print(config.to_yaml(), end="")

@@ -115,6 +115,18 @@ class OutputConfig:
 
 
 @dataclass
+class SparsityConfig:
+    # rewa.train.sparse_hooks: target-sparsity control (0 = off) and masked fine-tuning
+    target: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "in [0, 1)"))
+    threshold: float = field(default=1e-3, metadata=NONNEG)  # |x| <= threshold counts as zero
+    every: int = field(default=10, metadata=POSITIVE)  # steps between controller updates
+    ramp_start: float = field(default=0.05, metadata=_check(lambda v: 0 <= v <= 1, "in [0, 1]"))
+    ramp_end: float = field(default=0.6, metadata=_check(lambda v: 0 <= v <= 1, "in [0, 1]"))
+    controller: dict[str, Any] = field(default_factory=dict)  # kp, ki, min/max_multiplier
+    finetune_from: str = ""  # a pruned checkpoint (rewa prune): its weights, masks kept
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -123,6 +135,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

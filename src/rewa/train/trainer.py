@@ -28,7 +28,7 @@ from rewa.methods import SparseMethod, build_method
 from rewa.models import build_model
 from rewa.provenance import provenance
 from rewa.sparsity import sparsity_report, unwrap
-from rewa.train import checkpoint, distributed
+from rewa.train import checkpoint, distributed, sparse_hooks
 from rewa.train.config import Config, config_from_dict
 from rewa.train.datasets import eval_batches, load_data, train_batches
 from rewa.train.evaluation import autocast, evaluate
@@ -228,6 +228,7 @@ class Trainer:
         self.warmup_steps = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
         for group in self.method.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
+        self.hooks = sparse_hooks.build(cfg, self.model, self.method)  # target sparsity, masks
         self.val_batches = eval_batches(cfg, self.data, "val", self.device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
 
@@ -241,6 +242,7 @@ class Trainer:
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.method.optimizer.state_dict(),
             "method": self.method.state_dict(),
+            "hooks": sparse_hooks.state_dict(self.hooks),
             "rng": rng_state(),
             "counters": {"nonfinite_skipped": self.nonfinite_skipped},
         }
@@ -252,6 +254,7 @@ class Trainer:
         unwrap(self.model).load_state_dict(payload["model"])
         self.method.optimizer.load_state_dict(payload["optimizer"])
         self.method.load_state_dict(payload["method"])
+        sparse_hooks.load_state_dict(self.hooks, payload.get("hooks", {}))
         set_rng_state(payload["rng"])
         self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
         self.nonfinite_skipped = int(payload["counters"]["nonfinite_skipped"])
@@ -348,6 +351,7 @@ class Trainer:
         else:
             self.method.optimizer.step()
             self.method.after_step(self.step, self.total_steps)
+            sparse_hooks.after_step(self.hooks, self.step, self.total_steps)
         self.step += 1
         with torch.no_grad():
             n = labels.numel()
@@ -514,6 +518,7 @@ class Trainer:
             **{f"below_{t:g}": report.fraction_below(t) for t in TRAIN_THRESHOLDS},
             "nonfinite_skipped": self.nonfinite_skipped,
             "nonfinite_skipped_epoch": int(skipped),
+            **sparse_hooks.metrics(self.hooks),
             "epoch_seconds": stats.seconds,
             "images_per_s": seen / stats.seconds if stats.seconds else None,
             "time": time.time(),
