@@ -1,0 +1,69 @@
+"""The building blocks of the fast ReWA update, against their definitions (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewa import ReWA
+from rewa.optim import _functional as F
+
+F64 = torch.float64
+
+
+def values():
+    return [torch.tensor([0.0, -0.0, 1e-30, -2.5, 0.7, -1.3, 3.0], dtype=F64), torch.randn(9, 4)]
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 2.0, 3.0, 4.0, 9.0, 13.0, 2.25, 0.5])
+@pytest.mark.parametrize("into", [False, True])
+def test_abs_pow_is_abs_to_the_p(p, into):
+    ts = values()
+    out = [torch.full_like(t, float("nan")) for t in ts] if into else None
+    got = F.abs_pow(ts, p, out)
+    assert got is out or out is None
+    for g, t in zip(got, ts, strict=True):
+        torch.testing.assert_close(g, t.abs().to(F64).pow(p).to(t.dtype), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("K", [1.0, 2.0, 3.0, 9.0, 2.25])
+def test_signed_pow_into_is_the_exact_torch_power(K):
+    """x must be bit-for-bit sign(y)|y|^K as torch.pow computes it (the lr = 0 contract)."""
+    ys = values()
+    out = [torch.empty_like(y) for y in ys]
+    F.signed_pow_into(out, ys, K)
+    for o, y in zip(out, ys, strict=True):
+        assert torch.equal(o, y.abs().pow(K).copysign(y))
+
+
+def test_signed_pow_into_a_lower_precision_parameter():
+    ys = [torch.randn(50)]
+    out = [torch.empty(50, dtype=torch.bfloat16)]
+    F.signed_pow_into(out, ys, 3.0)
+    assert torch.equal(out[0], ys[0].pow(3.0).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_single_tensor_path_equals_foreach_bit_for_bit_on_cpu(base):
+    """Both eager paths run the same ops in the same order on the same kernels."""
+    torch.manual_seed(0)
+    shapes = [(16, 8, 3, 3), (300,), (32, 16)]
+    p1 = [torch.randn(*s, requires_grad=True) for s in shapes]
+    p2 = [p.detach().clone().requires_grad_() for p in p1]
+    kw = dict(lr=0.03, K=9.0, M=2.0, weight_decay=1e-2, base=base)
+    o1, o2 = ReWA(p1, foreach=False, **kw), ReWA(p2, foreach=True, **kw)
+    for _ in range(5):
+        for p, q in zip(p1, p2, strict=True):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        o1.step()
+        o2.step()
+    for p, q in zip(p1, p2, strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(o1.state[p]["y"], o2.state[q]["y"])
+
+
+def test_cpu_default_is_the_single_tensor_path():
+    p = torch.ones(3, requires_grad=True)
+    opt = ReWA([p], lr=0.1)
+    assert not opt._use_foreach(opt.param_groups[0], [p])
