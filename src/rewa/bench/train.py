@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ms_p25": s.p25 * 1e3,
                 "ms_p75": s.p75 * 1e3,
                 "ms_opt_step": opt_s.median * 1e3,
+                "opt_step_share": opt_s.median / s.median,
                 "overhead_vs_sgd": Summary.of(paired).median - 1.0,
             }
         )
@@ -137,6 +138,7 @@ COLUMNS = [
     "ms_p25",
     "ms_p75",
     "ms_opt_step",
+    "opt_step_share",
     "overhead_vs_sgd",
 ]
 FORMATS = {
@@ -145,6 +147,7 @@ FORMATS = {
     "ms_p25": ".1f",
     "ms_p75": ".1f",
     "ms_opt_step": ".2f",
+    "opt_step_share": ".2%",
     "overhead_vs_sgd": "+.1%",
 }
 
@@ -169,7 +172,8 @@ def write(result: dict[str, Any], out_dir: Path) -> str:
         f"- {result['reps']} interleaved chunks of {result['steps_per_chunk']} steps after"
         f" {result['warmup']} warm-up steps; ms = median per training step;"
         " `overhead_vs_sgd` = median over chunks of the time ratio to SGD's chunk, minus 1;"
-        " `ms_opt_step` = median of `opt.step()` alone",
+        " `ms_opt_step` = median of `opt.step()` alone, `opt_step_share` = its share of the"
+        " training step",
         f"- ReWA (K=9, M=2, SGD base) on {which}; torch's default foreach/single choice",
         "",
         markdown_table(result["rows"], COLUMNS, FORMATS),
