@@ -63,7 +63,27 @@ def test_single_tensor_path_equals_foreach_bit_for_bit_on_cpu(base):
         assert torch.equal(o1.state[p]["y"], o2.state[q]["y"])
 
 
-def test_cpu_default_is_the_single_tensor_path():
-    p = torch.ones(3, requires_grad=True)
-    opt = ReWA([p], lr=0.1)
-    assert not opt._use_foreach(opt.param_groups[0], [p])
+def test_cpu_default_steps_large_tensors_one_by_one_and_small_ones_together():
+    small, large = torch.ones(3, requires_grad=True), torch.ones(10_000, requires_grad=True)
+    opt = ReWA([small, large], lr=0.1)
+    assert opt._split_paths(opt.param_groups[0], [small, large]) == ([small], [large])
+    explicit = ReWA([small, large], lr=0.1, foreach=False)
+    assert explicit._split_paths(explicit.param_groups[0], [small, large]) == ([], [small, large])
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_cpu_default_path_equals_foreach_bit_for_bit(base):
+    torch.manual_seed(1)
+    shapes = [(64, 32, 3, 3), (64,), (20, 30), (9000,)]  # both sides of the size threshold
+    p1 = [torch.randn(*s, requires_grad=True) for s in shapes]
+    p2 = [p.detach().clone().requires_grad_() for p in p1]
+    kw = dict(lr=0.03, K=3.0, M=2.0, eps=1e-4, weight_decay=1e-2, base=base)
+    o1, o2 = ReWA(p1, **kw), ReWA(p2, foreach=True, **kw)
+    for _ in range(3):
+        for p, q in zip(p1, p2, strict=True):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        o1.step()
+        o2.step()
+    for p, q in zip(p1, p2, strict=True):
+        assert torch.equal(p, q)

@@ -63,6 +63,7 @@ def candidates(
     paths: list[tuple[str, dict[str, Any]]] = [
         ("foreach", {"foreach": True}),
         ("single", {"foreach": False}),
+        ("default", {}),  # CPU: large tensors one by one, small ones together
     ]
     if compiled:
         paths.append(("compiled", {"compile": True}))

@@ -154,14 +154,14 @@ def kernel(spec: Spec) -> Callable[..., Any]:
 def _flat(t: Tensor | None) -> Tensor | None:
     """A 1-D alias of a dense tensor's memory (contiguous, or permuted like channels_last).
 
-    Not a view: the compiler guards on a view's base, so views of tensors of different ranks
-    would each compile a kernel. Writes through the alias do not bump ``t``'s version counter;
-    the caller does that for the parameters.
+    Detached, so not a view: the compiler guards on a view's base, so views of tensors of
+    different ranks would each compile a kernel. It shares ``t``'s version counter, so writes
+    through it count as writes to ``t``.
     """
     if t is None:
         return None
-    alias = torch.empty(0, dtype=t.dtype, device=t.device)
-    return alias.set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+    flat = t.view(-1) if t.is_contiguous() else t.as_strided((t.numel(),), (1,))
+    return flat.detach()
 
 
 def _dense(t: Tensor) -> bool:
@@ -223,8 +223,6 @@ def _run(spec: Spec, tensor_lists: list[list[Any]], scalars: list[float]) -> Non
     if spec.per_tensor:
         for i in range(len(tensor_lists[0])):
             fn(*(_flat(ts[i]) for ts in tensor_lists), hp)
-        for x in tensor_lists[0]:
-            torch.autograd.graph.increment_version(x)
     else:
         fn(tensor_lists, hp)
 
