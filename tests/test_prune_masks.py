@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -43,7 +44,13 @@ def batches(n: int, seed: int = 0):
 def test_masks_from_sparsity_are_global_magnitude():
     model = mlp()
     masks = Masks.from_model(model, sparsity=0.75)
-    assert masks.sparsity == pytest.approx(0.75, abs=1 / masks.total)
+    assert masks.total == 288 and masks.total - masks.kept == 216  # exactly 0.75 · 288
+    for s in (0.1, 0.33, 0.999):  # never below the request, at most one weight above (no ties)
+        pruned = (
+            Masks.from_model(model, sparsity=s).total - Masks.from_model(model, sparsity=s).kept
+        )
+        assert pruned == math.ceil(s * 288)
+    assert Masks.from_model(model, sparsity=1.0).kept == 0
     weights = dict(sparsifiable_parameters(model))
     kept = torch.cat([weights[n].abs()[m] for n, m in masks.masks.items()])
     pruned = torch.cat([weights[n].abs()[~m] for n, m in masks.masks.items()])

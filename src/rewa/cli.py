@@ -16,6 +16,7 @@ COMMANDS = [
     "rewa.experiments.train_cli",
     "rewa.experiments.study_linear",
     "rewa.experiments.bench",
+    "rewa.experiments.prune_cli",
 ]
 
 

@@ -34,6 +34,16 @@ from rewa.sparsity import (
 )
 
 
+def _at_least(sparsity: float, named: list[tuple[str, Tensor]]) -> float:
+    """The fraction to ask :func:`magnitude_threshold` (which prunes floor(S·n) weights) so that
+    ceil(S·n) are pruned: the masks reach at least ``sparsity``."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    n = sum(p.numel() for _, p in named)
+    k = math.ceil(sparsity * n - 1e-9)
+    return 1.0 if k >= n else (k + 0.5) / n
+
+
 class Masks:
     """Boolean keep-masks (True = kept) for named parameters."""
 
@@ -46,15 +56,16 @@ class Masks:
     def from_model(
         cls, model: nn.Module, *, threshold: float | None = None, sparsity: float | None = None
     ) -> Masks:
-        """Masks over the conv/linear weights: prune ``|x| <= threshold``, or the global-magnitude
-        threshold that reaches ``sparsity`` (ties at the threshold are all pruned)."""
+        """Masks over the conv/linear weights: prune ``|x| <= threshold``, or the smallest
+        global-magnitude threshold that prunes at least a ``sparsity`` fraction (ceil(S·n)
+        weights; ties at the threshold are all pruned)."""
         if (threshold is None) == (sparsity is None):
             raise ValueError("Masks.from_model: give exactly one of threshold= or sparsity=")
         named = sparsifiable_parameters(model)
         if len(named) != len(weight_modules(model)):
             raise ValueError("Masks.from_model: fold parametrized layers (Spred, STR) first")
         if sparsity is not None:
-            threshold = magnitude_threshold([p for _, p in named], sparsity)
+            threshold = magnitude_threshold([p for _, p in named], _at_least(sparsity, named))
         assert threshold is not None
         if not threshold == threshold or threshold == math.inf:
             raise ValueError(f"Masks.from_model: invalid threshold {threshold!r}")

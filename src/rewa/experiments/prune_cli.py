@@ -1,0 +1,582 @@
+"""`rewa prune` and `rewa export`: from a trained run to a pruned, fine-tuned, exported model.
+
+``rewa prune RUN_DIR --sparsity S`` (or ``--threshold T``) folds the run's last checkpoint into
+a plain model, zeroes weights by global magnitude, reports the per-layer allocation (warning
+about layers that became entirely zero), measures the pruned model's accuracy, and writes
+``pruned.pt`` (weights + masks). ``--finetune-epochs N`` then trains it with the masks kept
+after every step (a normal run directory ``finetune/``, resumable with ``--resume``).
+
+``rewa export RUN_DIR|CHECKPOINT`` writes ``model_dense.pt`` (a plain state_dict with exact
+zeros) and ``model_sparse.pt`` (compact, see :mod:`rewa.export`), checks that the sparse file
+loads back into the same architecture with bit-identical outputs and accuracy, and measures
+file sizes and CPU inference latency of dense kernels vs torch's sparse (CSR) kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rewa.cliutil import fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from rewa.errors import UsageError
+from rewa.export import (
+    latency,
+    load_sparse,
+    payload_bytes,
+    save_dense,
+    save_sparse,
+    sparse_inference_model,
+)
+from rewa.masks import Masks, allocation, allocation_rows, dead_layer_warnings
+from rewa.models import build_model
+from rewa.provenance import provenance
+from rewa.report.tables import markdown_table, write_csv, write_json
+from rewa.sparsity import sparsity_report, unwrap
+
+PRUNED = "pruned.pt"
+FINETUNE = "finetune"
+ALLOCATION_COLUMNS = ["layer", "weights", "nonzeros", "sparsity", "share_of_nonzeros", "empty"]
+ALLOCATION_FORMATS = {"sparsity": ".2%", "share_of_nonzeros": ".2%"}
+
+
+# ---------------------------------------------------------------- reading a run or a checkpoint
+
+
+@dataclass
+class Source:
+    """A trained model on disk: a trainer checkpoint (``kind="run"``) or ``rewa prune``'s output
+    (``kind="pruned"``)."""
+
+    path: Path
+    kind: str
+    payload: dict[str, Any]
+
+    @property
+    def config(self):
+        from rewa.train.config import config_from_dict
+
+        return config_from_dict(self.payload["config"])
+
+
+def read_source(arg: str | Path, echo=print) -> Source:
+    """Resolve RUN_DIR (newest good checkpoint), a prune output dir, or a checkpoint file."""
+    from rewa.train import checkpoint
+    from rewa.train.sparse_hooks import PRUNED_FORMAT
+
+    path = Path(arg)
+    if path.is_dir():
+        if (path / PRUNED).is_file() and not (path / checkpoint.LATEST).exists():
+            path = path / PRUNED
+        else:
+            loaded = checkpoint.load_latest_good(path)
+            if loaded is None:
+                raise UsageError(f"{path} holds no checkpoint (is it a run directory?)")
+            for problem in loaded.problems:
+                echo(f"WARNING: {problem}; using {loaded.path.name}")
+            return Source(loaded.path, "run", loaded.payload)
+    elif not path.exists():
+        raise UsageError(f"{path} does not exist (give a run directory or a checkpoint file)")
+    payload = checkpoint.load(path)
+    kind = "pruned" if payload.get("kind") == PRUNED_FORMAT else "run"
+    if "config" not in payload or "model" not in payload:
+        raise UsageError(f"{path} is not a rewa checkpoint (no config or model)")
+    return Source(path, kind, payload)
+
+
+def num_classes_of(config: Any, state: dict[str, torch.Tensor]) -> int:
+    """Classes of the model: from the dataset name, else the last 2-d weight's output size."""
+    known = {"cifar10": 10, "cifar100": 100}
+    if config.data.dataset in known:
+        return known[config.data.dataset]
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    if not matrices:
+        raise UsageError("cannot tell the number of classes of this model")
+    return int(matrices[-1].shape[0])
+
+
+def plain_model(source: Source, device: torch.device | None = None) -> nn.Module:
+    """The source's model as a plain module (reparameterizations folded), in eval mode."""
+    from rewa.train.trainer import build_model_and_method
+
+    config = source.config
+    device = device or torch.device("cpu")
+    classes = num_classes_of(config, source.payload["model"])
+    if source.kind == "pruned":  # already plain
+        model = build_model(config.model.name, classes, **config.model.options).to(device)
+        model.load_state_dict(source.payload["model"])
+        return model.eval()
+    model, method = build_model_and_method(config, classes, device)
+    unwrap(model).load_state_dict(source.payload["model"])
+    method.load_state_dict(source.payload.get("method", {}))
+    return method.fold().eval()
+
+
+def accuracies(model: nn.Module, config: Any, device: torch.device) -> dict[str, float]:
+    """Top-1 accuracy on the config's validation and test splits (as they were in training)."""
+    from rewa.train.datasets import eval_batches, load_data
+    from rewa.train.evaluation import evaluate
+
+    data = load_data(config)
+    out = {}
+    for split in ("val", "test"):
+        batches = eval_batches(config, data, split, device)
+        if batches is not None:
+            out[f"{split}_acc"] = evaluate(model, batches, device=device).accuracy
+    return out
+
+
+def try_accuracies(model, config, device, echo) -> dict[str, float]:
+    try:
+        return accuracies(model, config, device)
+    except UsageError as err:
+        echo(f"note: accuracy not measured ({err}); pass --data-dir DIR to measure it")
+        return {}
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    """``out`` must be new or empty unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} is not empty; pick another directory or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------- rewa prune
+
+
+def default_prune_dir(source: Source, args: argparse.Namespace) -> Path:
+    base = source.path.parent
+    tag = f"s{args.sparsity:g}" if args.sparsity is not None else f"t{args.threshold:g}"
+    return base / f"pruned_{tag}"
+
+
+def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
+    from rewa.train import checkpoint
+    from rewa.train.sparse_hooks import pruned_payload
+
+    source = read_source(args.source, echo)
+    config = source.config
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    out = Path(args.out) if args.out else default_prune_dir(source, args)
+    resuming = args.resume and (out / PRUNED).is_file()
+    if not resuming:
+        prepare_out(out, args.force)
+    device = torch.device("cpu")
+    model = plain_model(source, device)
+    before = sparsity_report(model, ()).sparsity
+    try:
+        masks = Masks.from_model(model, threshold=args.threshold, sparsity=args.sparsity)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    masks.apply_(model)
+    report = allocation(model)
+    rows = allocation_rows(report)
+    warnings = dead_layer_warnings(report)
+    for warning in warnings:
+        echo(f"WARNING: {warning}")
+    acc = {} if args.no_eval else try_accuracies(model, config, device, echo)
+    facts = {
+        "source": str(source.path),
+        "rule": f"global magnitude, sparsity {args.sparsity:g}"
+        if args.sparsity is not None
+        else f"|x| <= {args.threshold:g}",
+        "sparsity_before": before,
+        "sparsity": report.sparsity,
+        "weights": report.total,
+        "nonzeros": report.nonzeros,
+        "empty_layers": report.empty_layers(),
+        "num_classes": num_classes_of(config, source.payload["model"]),
+        **acc,
+    }
+    if not resuming:
+        payload = pruned_payload(model, masks, config.to_dict(), facts)
+        checkpoint.atomic_write_bytes(out / PRUNED, checkpoint.encode(payload))
+    result: dict[str, Any] = {"provenance": provenance(), "pruned": facts, "allocation": rows}
+    if args.finetune_epochs:
+        result["finetune"] = finetune(source, config, out, args, echo)
+    write_json(out / "prune.json", result)
+    write_csv(out / "allocation.csv", rows, ALLOCATION_COLUMNS)
+    (out / "prune.md").write_text(prune_markdown(result, warnings))
+    echo(prune_summary(result, out))
+    return result
+
+
+def finetune_config(config: Any, pruned: Path, args: argparse.Namespace):
+    from rewa.train.config import apply_override, config_from_dict
+
+    values = config.to_dict()
+    method = values["method"]
+    if args.finetune_method == "dense":
+        values["method"] = {
+            "name": "dense",
+            "base": method["base"],
+            "momentum": method["momentum"],
+            "lr": method["lr"],
+            "options": {"weight_decay": args.finetune_weight_decay},
+        }
+    elif method["name"] in ("spred", "str", "gmp"):
+        raise UsageError(
+            f"--finetune-method same does not work for {method['name']!r} (its weights are "
+            "reparameterized or masked by the method itself); use --finetune-method dense"
+        )
+    values["method"]["lr"] = args.finetune_lr or 0.1 * method["lr"]
+    values["schedule"] = {"epochs": args.finetune_epochs, "warmup_epochs": 0.0, "cosine": True}
+    values["sparsity"] = {"finetune_from": str(pruned.resolve())}
+    values["output"]["name"] = FINETUNE
+    if args.seed is not None:
+        values["train"]["seed"] = args.seed
+    for assignment in args.overrides:
+        apply_override(values, assignment)
+    return config_from_dict(values)
+
+
+def finetune(source: Source, config: Any, out: Path, args, echo) -> dict[str, Any]:
+    from rewa.train import checkpoint
+    from rewa.train.pipeline import train
+
+    ft_config = finetune_config(config, out / PRUNED, args)
+    run_dir = out / FINETUNE
+    progress = False if args.quiet else None
+    result = train(
+        ft_config, run_dir, resume=args.resume, force=args.force, echo=echo, progress=progress
+    )
+    loaded = checkpoint.load_latest_good(run_dir)
+    assert loaded is not None
+    ft_source = Source(loaded.path, "run", loaded.payload)
+    model = plain_model(ft_source)
+    masks = Masks.from_state_dict(loaded.payload["hooks"]["masks"]["masks"])
+    final = (result.get("eval") or {}).get("final") or {}
+    if not final and (run_dir / "eval.json").is_file():
+        final = json.loads((run_dir / "eval.json").read_text())["final"]
+    return {
+        "run_dir": str(run_dir),
+        "epochs": ft_config.schedule.epochs,
+        "method": ft_config.method.name,
+        "lr": ft_config.method.lr,
+        "masks_hold": masks.check(model) == 0,
+        "sparsity": sparsity_report(model, ()).sparsity,
+        **{k: v for k, v in final.items() if k.endswith("_acc")},
+    }
+
+
+def prune_markdown(result: dict[str, Any], warnings: list[str]) -> str:
+    p = result["pruned"]
+    lines = [
+        f"# Pruned: {p['source']}",
+        "",
+        f"Rule: {p['rule']}. Sparsity (exact zeros over conv + linear weights, {p['weights']:,} "
+        f"weights): {p['sparsity_before']:.2%} before, {p['sparsity']:.2%} after.",
+        "",
+    ]
+    accs = {k: v for k, v in p.items() if k.endswith("_acc")}
+    if accs:
+        lines += [
+            "Pruned model (no fine-tuning): " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()),
+            "",
+        ]
+    if "finetune" in result:
+        f = result["finetune"]
+        accs = ", ".join(f"{k} {v:.4f}" for k, v in f.items() if k.endswith("_acc"))
+        lines += [
+            f"Masked fine-tuning: {f['epochs']} epochs, method {f['method']}, lr {f['lr']:g}; "
+            f"masks hold: {f['masks_hold']}; sparsity {f['sparsity']:.2%}; {accs}.",
+            "",
+        ]
+    lines += [f"**WARNING: {w}**" for w in warnings] + ([""] if warnings else [])
+    lines += [
+        "## Per-layer allocation",
+        "",
+        markdown_table(result["allocation"], ALLOCATION_COLUMNS, ALLOCATION_FORMATS),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def prune_summary(result: dict[str, Any], out: Path) -> str:
+    p = result["pruned"]
+    accs = " ".join(f"{k} {v:.4f}" for k, v in p.items() if k.endswith("_acc"))
+    text = f"pruned to {p['sparsity']:.2%} (was {p['sparsity_before']:.2%}) {accs}".rstrip()
+    if "finetune" in result:
+        f = result["finetune"]
+        accs = " ".join(f"{k} {v:.4f}" for k, v in f.items() if k.endswith("_acc"))
+        text += f"; fine-tuned {f['epochs']} epochs: {accs} (masks hold: {f['masks_hold']})"
+    return text + f"; wrote {out}/{PRUNED}, prune.md, prune.json, allocation.csv"
+
+
+# ---------------------------------------------------------------- rewa export
+
+
+def input_shape(config: Any) -> tuple[int, int, int]:
+    from rewa.train.datasets import FOLDER_DATASETS
+
+    if config.data.dataset in FOLDER_DATASETS:
+        return (3, config.data.image_size, config.data.image_size)
+    return (3, 32, 32)
+
+
+def export(args: argparse.Namespace, echo=print) -> dict[str, Any]:
+    source = read_source(args.source, echo)
+    config = source.config
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    out = Path(args.out) if args.out else source.path.parent / "export"
+    prepare_out(out, args.force)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = plain_model(source)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    classes = num_classes_of(config, state)
+    meta = {
+        "model": config.model.name,
+        "model_options": dict(config.model.options),
+        "num_classes": classes,
+        "source": str(source.path),
+    }
+    report = sparsity_report(model, ())
+    files: dict[str, int] = {}
+    if args.format in ("dense", "both"):
+        files["model_dense.pt"] = save_dense(state, out / "model_dense.pt")
+    sparse_path = out / "model_sparse.pt"
+    files["model_sparse.pt"] = save_sparse(state, sparse_path, meta)
+    # the sparse file must give back exactly the model: same architecture, same outputs
+    reloaded = exported_model(sparse_path)
+    x = torch.randn(8, *input_shape(config), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        exact = bool(torch.equal(reloaded(x), model(x)))
+    if args.format == "dense":
+        sparse_path.unlink()
+        files.pop("model_sparse.pt")
+    result: dict[str, Any] = {
+        "provenance": provenance(),
+        "model": meta,
+        "sparsity": report.sparsity,
+        "weights": report.total,
+        "nonzeros": report.nonzeros,
+        "files_bytes": files,
+        "tensor_bytes": payload_bytes(state),
+        "round_trip_outputs_identical": exact,
+    }
+    for warning in dead_layer_warnings(report):
+        echo(f"WARNING: {warning}")
+    if not args.no_eval:
+        acc = try_accuracies(model, config, torch.device("cpu"), echo)
+        if acc:
+            re_acc = accuracies(reloaded, config, torch.device("cpu"))
+            result["accuracy"] = {"model": acc, "exported": re_acc, "equal": acc == re_acc}
+    if not args.no_latency:
+        result["latency"] = measure_latency(model, config, args, echo)
+    write_json(out / "export.json", result)
+    (out / "export.md").write_text(export_markdown(result))
+    echo(export_markdown(result))
+    return result
+
+
+def exported_model(path: str | Path) -> nn.Module:
+    """The model stored in a sparse export (architecture from its metadata), in eval mode."""
+    from rewa.export import load_sparse_meta
+
+    meta = load_sparse_meta(path)
+    model = build_model(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
+    model.load_state_dict(load_sparse(path))
+    return model.eval()
+
+
+def measure_latency(model: nn.Module, config: Any, args, echo) -> dict[str, Any]:
+    sparse_model, dense_left = sparse_inference_model(model)
+    rows = []
+    for batch in args.batch_sizes:
+        x = torch.randn(batch, *input_shape(config), generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            max_diff = float((sparse_model(x) - model(x)).abs().max())
+        dense = latency(lambda x=x: model(x), repeats=args.repeats)
+        sparse = latency(lambda x=x: sparse_model(x), repeats=args.repeats)
+        rows.append(
+            {
+                "batch": batch,
+                "dense_ms": dense["median_ms"],
+                "dense_p10_ms": dense["p10_ms"],
+                "dense_p90_ms": dense["p90_ms"],
+                "sparse_ms": sparse["median_ms"],
+                "sparse_p10_ms": sparse["p10_ms"],
+                "sparse_p90_ms": sparse["p90_ms"],
+                "sparse_over_dense": sparse["median_ms"] / dense["median_ms"],
+                "max_abs_output_diff": max_diff,
+            }
+        )
+        echo(
+            f"batch {batch}: dense {dense['median_ms']:.2f} ms, sparse (CSR) "
+            f"{sparse['median_ms']:.2f} ms"
+        )
+    return {
+        "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "repeats": args.repeats,
+        "kernels": "dense: torch conv2d/linear; sparse: CSR weight x unfolded input "
+        "(torch.sparse.mm)",
+        "layers_left_dense": dense_left,
+        "rows": rows,
+    }
+
+
+EXPORT_LATENCY_COLUMNS = ["batch", "dense_ms", "sparse_ms", "sparse_over_dense"]
+
+
+def export_markdown(result: dict[str, Any]) -> str:
+    files = result["files_bytes"]
+    tensors = result["tensor_bytes"]
+    lines = [
+        f"# Export of {result['model']['source']}",
+        "",
+        f"Model {result['model']['model']}: sparsity {result['sparsity']:.2%} "
+        f"({result['nonzeros']:,} of {result['weights']:,} conv + linear weights nonzero).",
+        "",
+        "| file | bytes |",
+        "|---|---|",
+        *(f"| {name} | {size:,} |" for name, size in files.items()),
+        f"| (tensor payload, dense) | {tensors['dense']:,} |",
+        f"| (tensor payload, sparse encodings) | {tensors['sparse']:,} |",
+        "",
+        f"Sparse file loads back with identical outputs: {result['round_trip_outputs_identical']}.",
+    ]
+    if "accuracy" in result:
+        a = result["accuracy"]
+        lines.append(
+            f"Accuracy of the model {a['model']} and of the exported model {a['exported']}: "
+            f"{'equal' if a['equal'] else 'DIFFERENT'}."
+        )
+    if "latency" in result:
+        lat = result["latency"]
+        lines += [
+            "",
+            f"CPU inference latency (median of {lat['repeats']} runs, {lat['threads']} "
+            f"thread(s), 1-min load average {lat['load_average_1min']}):",
+            "",
+            markdown_table(
+                lat["rows"],
+                EXPORT_LATENCY_COLUMNS,
+                {"dense_ms": ".2f", "sparse_ms": ".2f", "sparse_over_dense": ".2f"},
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- argparse
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes, got {text!r}")
+    return values
+
+
+PRUNE_EPILOG = """\
+examples:
+  rewa prune runs/cifar10_resnet20_rewa --sparsity 0.95
+  rewa prune runs/cifar10_resnet20_rewa --threshold 1e-3 --finetune-epochs 5 --out runs/p
+  rewa export runs/p/finetune --format both
+
+The output directory gets pruned.pt (weights + masks, loadable by `rewa export`), prune.md,
+prune.json and allocation.csv (per-layer sparsity; layers that became entirely zero are warned
+about). With --finetune-epochs, finetune/ is a normal run directory (metrics, checkpoints, the
+final threshold sweep); an interrupted fine-tuning continues with the same command + --resume.
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "prune",
+        help="prune a trained run to a sparsity or threshold, optionally masked fine-tuning",
+        description="Prune the last checkpoint of a run (or a checkpoint file) by global "
+        "magnitude to a target sparsity, or zero every |x| <= threshold; report the per-layer "
+        "allocation and the pruned model's accuracy; optionally fine-tune with the masks kept.",
+        epilog=PRUNE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="a run directory or checkpoint")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument(
+        "--sparsity", type=fraction, metavar="S", help="prune to this fraction of zeros (global)"
+    )
+    rule.add_argument(
+        "--threshold", type=nonneg_float, metavar="T", help="zero every weight with |x| <= T"
+    )
+    p.add_argument(
+        "--finetune-epochs", type=nonneg_int, default=0, metavar="N",
+        help="masked fine-tuning epochs after pruning (default 0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--finetune-method", choices=("dense", "same"), default="dense",
+        help="fine-tune with plain SGD/AdamW (dense, default) or the run's own method",
+    )  # fmt: skip
+    p.add_argument(
+        "--finetune-lr", type=positive_float, metavar="LR",
+        help="peak learning rate of the fine-tuning (cosine, no warmup; default 0.1 x the run's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--finetune-weight-decay", type=nonneg_float, default=5e-4, metavar="WD",
+        help="weight decay of the dense fine-tuning",
+    )  # fmt: skip
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of the fine-tuning config (e.g. data.batch_size=64); repeatable",
+    )  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="output directory (default: next to the source)")
+    p.add_argument("--data-dir", help="dataset directory, if it moved since training")
+    p.add_argument("--no-eval", action="store_true", help="do not measure accuracy")
+    p.add_argument("--seed", type=int, help="seed of the fine-tuning (default: the run's)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prune)
+
+    e = commands.add_parser(
+        "export",
+        help="write a pruned model as a dense state_dict and a compact sparse file",
+        description="Export the model of a run, a checkpoint or a `rewa prune` output: "
+        "model_dense.pt (plain state_dict, exact zeros) and model_sparse.pt (per tensor the "
+        "smallest of dense / indices+values / bitmap+values), checked to load back with "
+        "identical outputs; report file sizes and CPU latency of dense vs sparse (CSR) kernels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="run dir, prune dir or file")
+    e.add_argument("--format", choices=("dense", "sparse", "both"), default="both")
+    e.add_argument("--out", metavar="DIR", help="output directory (default: SOURCE_DIR/export)")
+    e.add_argument("--data-dir", help="dataset directory, if it moved since training")
+    e.add_argument("--no-eval", action="store_true", help="do not compare accuracies")
+    e.add_argument("--no-latency", action="store_true", help="do not time inference")
+    e.add_argument(
+        "--batch-sizes", type=_batch_sizes, default=[1, 64], metavar="B,B",
+        help="batch sizes of the latency measurement",
+    )  # fmt: skip
+    e.add_argument("--repeats", type=positive_int, default=20, help="timed runs per measurement")
+    e.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    e.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    e.set_defaults(func=_export)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    prune(args)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    export(args)
+    return 0
+
+
+__all__ = ["export", "exported_model", "prune", "read_source", "register"]

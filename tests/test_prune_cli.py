@@ -1,0 +1,194 @@
+"""`rewa train --target-sparsity`, `rewa prune` (+ masked fine-tuning) and `rewa export` end to end
+on a tiny generated CIFAR, through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewa.cli import main
+from rewa.data.cifar import write_fake_cifar
+from rewa.experiments.prune_cli import exported_model, plain_model, read_source
+from rewa.masks import Masks
+from rewa.train import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def sets(data_dir: Path, *extra: str) -> list[str]:
+    out = []
+    for s in (f"data.data_dir={data_dir}", "output.progress=false", "eval.plots=false", *extra):
+        out += ["--set", s]
+    return out
+
+
+def run(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_fake_cifar(tmp_path_factory.mktemp("cifar"), n_train=400, n_test=100)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs") / "rewa"
+    assert run("train", "--config", TINY, "--run-dir", root, "--quiet", *sets(data_dir)) == 0
+    return root
+
+
+# ---------------------------------------------------------------- target sparsity in the trainer
+
+
+def test_target_sparsity_resumes_its_controller_bit_for_bit(data_dir, tmp_path):
+    # gentle gains: on 27 steps the default gains saturate the multiplier (nothing to resume)
+    args = ["--config", TINY, "--quiet", "--target-sparsity", "0.5",
+            *sets(data_dir, "sparsity.every=2", "schedule.epochs=3",
+                  "sparsity.controller={kp: 0.5, ki: 2.0}")]  # fmt: skip
+    full = tmp_path / "full"
+    assert run("train", "--run-dir", full, *args) == 0
+    records = metrics(full)
+    assert all("control_multiplier" in r and "control_measured" in r for r in records)
+    assert records[-1]["control_target"] == 0.5
+    strengths = [r["control_strength"] for r in records]
+    assert strengths == sorted(strengths) and len(set(strengths)) == 3  # κ raised every epoch
+    assert 1.0 < records[-1]["control_multiplier"] < 1000.0  # not saturated
+    # the same run interrupted after epoch 2 (its previous checkpoint), then resumed
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for name in ("config.yaml", "run.json", "metrics.jsonl"):
+        shutil.copy(full / name, cut / name)
+    shutil.copy(full / checkpoint.PREVIOUS, cut / checkpoint.LATEST)
+    assert checkpoint.load(cut / checkpoint.LATEST)["epoch"] == 2
+    assert run("train", "--run-dir", cut, "--resume", *args) == 0
+    a = checkpoint.load(full / checkpoint.LATEST)
+    b = checkpoint.load(cut / checkpoint.LATEST)
+    assert a["hooks"]["control"] == b["hooks"]["control"]
+    for name, value in a["model"].items():
+        assert torch.equal(b["model"][name], value), name
+
+
+def test_target_sparsity_config_errors_are_one_line(data_dir, tmp_path, capsys):
+    base = ["train", "--config", TINY, "--run-dir", tmp_path / "x", "--quiet", *sets(data_dir)]
+    gmp = ["--set", "method.name=gmp", "--set", "method.options={}"]
+    assert run(*base, "--target-sparsity", "0.9", *gmp) == 2
+    assert "cannot control method 'gmp'" in capsys.readouterr().err
+    assert run(*base, "--target-sparsity", "1.0") == 2
+    assert "sparsity.target" in capsys.readouterr().err
+    assert run(*base, "--target-sparsity", "0.9", "--set", "sparsity.controller={kd: 1}") == 2
+    assert "unknown controller option 'kd'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- prune, fine-tune, export
+
+
+@pytest.fixture(scope="module")
+def pruned(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pruned") / "p"
+    code = run("prune", trained, "--sparsity", "0.8", "--finetune-epochs", "1", "--out", out,
+               "--quiet", "--set", "eval.plots=false")  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_prune_writes_masks_allocation_and_accuracy(pruned):
+    result = json.loads((pruned / "prune.json").read_text())
+    facts = result["pruned"]
+    assert facts["sparsity"] >= 0.8
+    assert 0.0 <= facts["test_acc"] <= 1.0 and "val_acc" in facts
+    assert result["provenance"]["commit"]
+    layers = [r["layer"] for r in result["allocation"]]
+    assert layers[-1].startswith("TOTAL") and "fc.weight" in layers
+    assert (pruned / "allocation.csv").read_text().startswith("layer,weights,nonzeros")
+    source = read_source(pruned)
+    assert source.kind == "pruned"
+    model = plain_model(source)
+    masks = Masks.from_state_dict(source.payload["masks"])
+    assert masks.sparsity == pytest.approx(facts["sparsity"]) and masks.check(model) == 0
+
+
+def test_masked_finetuning_keeps_the_masks(pruned):
+    ft = json.loads((pruned / "prune.json").read_text())["finetune"]
+    assert ft["masks_hold"] is True and ft["method"] == "dense" and ft["epochs"] == 1
+    run_dir = pruned / "finetune"
+    payload = checkpoint.load(run_dir / checkpoint.LATEST)
+    masks = Masks.from_state_dict(payload["hooks"]["masks"]["masks"])
+    before = checkpoint.load(pruned / "pruned.pt")["model"]
+    for name, keep in masks.masks.items():
+        assert payload["model"][name][~keep].eq(0).all(), name
+        assert not torch.equal(payload["model"][name][keep], before[name][keep]), name
+    assert metrics(run_dir)[-1]["mask_sparsity"] == pytest.approx(masks.sparsity)
+
+
+def test_export_round_trip_is_exact_and_smaller(pruned, tmp_path, capsys):
+    out = tmp_path / "export"
+    code = run("export", pruned / "finetune", "--out", out, "--batch-sizes", "1,4",
+               "--repeats", "2")  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "export.json").read_text())
+    assert result["round_trip_outputs_identical"] is True
+    assert result["accuracy"]["equal"] is True
+    assert result["tensor_bytes"]["sparse"] < 0.5 * result["tensor_bytes"]["dense"]
+    assert set(result["files_bytes"]) == {"model_dense.pt", "model_sparse.pt"}
+    assert [r["batch"] for r in result["latency"]["rows"]] == [1, 4]
+    assert all(r["max_abs_output_diff"] < 1e-4 for r in result["latency"]["rows"])
+    dense_state = torch.load(out / "model_dense.pt", weights_only=True)
+    model = exported_model(out / "model_sparse.pt")
+    for name, value in model.state_dict().items():
+        assert torch.equal(dense_state[name], value), name
+    assert "CPU inference latency" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(trained, tmp_path, capsys):
+    assert run("prune", tmp_path / "nowhere", "--sparsity", "0.5") == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "something").write_text("x")
+    assert run("prune", trained, "--threshold", "1e-3", "--out", tmp_path / "full") == 2
+    assert "not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: exactly one of --sparsity / --threshold
+        run("prune", trained, "--sparsity", "0.5", "--threshold", "0.1")
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert run("export", tmp_path / "full", "--out", tmp_path / "e") == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- masks under DDP
+
+
+def test_masked_finetuning_on_two_processes_keeps_identical_sparse_replicas(
+    pruned, data_dir, tmp_path
+):
+    """torchrun, 2 CPU processes (gloo): fine-tuning from the pruned checkpoint keeps the masks on
+    both ranks and the replicas bit-identical (checked by the trainer's replica fingerprint)."""
+    run_dir = tmp_path / "ddp"
+    cli = ["-m", "rewa", "train", "--config", str(TINY), "--run-dir", str(run_dir), "--quiet",
+           *map(str, sets(data_dir, f"sparsity.finetune_from={pruned / 'pruned.pt'}",
+                          "method.name=dense", "method.options={weight_decay: 5.0e-4}",
+                          "schedule.epochs=1", "eval.test=false"))]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", *cli]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    last = metrics(run_dir)[-1]
+    assert last["replicas_identical"] is True
+    payload = checkpoint.load(run_dir / checkpoint.LATEST)
+    masks = Masks.from_state_dict(payload["hooks"]["masks"]["masks"])
+    for name, keep in masks.masks.items():
+        assert payload["model"][name][~keep].eq(0).all(), name
