@@ -161,7 +161,7 @@ def profile_step(opt_step: Callable[[], Any], device: torch.device, row_limit: i
     opt_step()
     with profile(activities=activities) as prof:
         opt_step()
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort, row_limit=row_limit)
 
 
