@@ -37,10 +37,14 @@ def test_summary_median_quartiles_min():
 def test_bench_optim_writes_results(tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", "optim", "--sets", "resnet20", "--reps", "3", "--warmup", "0"]
+    argv += ["--threads", "1", "--copy-elements", "100000"]
     argv += ["--no-compile", "--only", "rewa-sgd-single", "rewa-adamw-foreach"]
     argv += ["--profile", "rewa-sgd-single", "--out-dir", str(out), "--quiet"]
+    threads = torch.get_num_threads()
     assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads applies to the benchmark only
     result = json.loads((out / "optim.json").read_text())
+    assert result["threads"] == 1
     rows = {r["optimizer"]: r for r in result["rows"]}
     assert set(rows) == {"adamw-foreach", "rewa-sgd-single", "rewa-adamw-foreach"}
     assert rows["adamw-foreach"]["vs_adamw_foreach"] == 1.0
@@ -56,7 +60,7 @@ def test_bench_optim_writes_results(tmp_path):
 def test_bench_train_writes_results(tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", "train", "--model", "tiny", "--batch-size", "8", "--steps", "2"]
-    argv += ["--reps", "2", "--warmup", "1", "--out-dir", str(out), "--quiet"]
+    argv += ["--reps", "2", "--warmup", "1", "--threads", "1", "--out-dir", str(out), "--quiet"]
     assert main(argv) == 0
     result = json.loads((out / "train.json").read_text())
     rows = {r["optimizer"]: r for r in result["rows"]}

@@ -20,7 +20,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from rewa.bench.shapes import PARAM_SETS, Shape, numel
-from rewa.bench.timing import Summary, copy_bandwidth, interleaved, load_average, time_once
+from rewa.bench.timing import (
+    Summary,
+    copy_bandwidth,
+    interleaved,
+    load_average,
+    time_once,
+    torch_threads,
+)
 from rewa.optim import ReWA
 from rewa.provenance import provenance
 from rewa.report.tables import markdown_table, write_csv, write_json
@@ -190,14 +197,17 @@ FORMATS = {
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     every = candidates(device, compiled=not args.no_compile)
     keep = {BASELINE, *args.only} if args.only else {c.name for c in every}
     cands = [c for c in every if c.name in keep]
     load_before = load_average()
-    copy_bw = copy_bandwidth(device)
+    copy_bw = copy_bandwidth(device, args.copy_elements)
     rows: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}
     with tqdm(total=args.reps * len(args.sets), desc="bench optim", disable=args.quiet) as bar:
@@ -222,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 profiles[f"{name} / {prof_name}"] = profile_step(cand.build(params).step, device)
-    copy_after = copy_bandwidth(device)
+    copy_after = copy_bandwidth(device, args.copy_elements)
     copy_gbs = (copy_bw.median + copy_after.median) / 2 / 1e9
     for row in rows:
         row["copy_fraction"] = row["gb_per_s"] / copy_gbs

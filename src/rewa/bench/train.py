@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 import rewa
-from rewa.bench.timing import Summary, load_average, synchronize
+from rewa.bench.timing import Summary, load_average, synchronize, torch_threads
 from rewa.models import build_model
 from rewa.provenance import provenance
 from rewa.report.tables import markdown_table, write_csv, write_json
@@ -72,9 +72,12 @@ class Trainer:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model_name = args.model or ("resnet18" if device.type == "cuda" else "resnet20")
     base = build_model(model_name, num_classes=10).to(device)

@@ -72,6 +72,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="parameter sets to time",
     )
     p.add_argument("--reps", type=positive_int, default=20, help="timed repetitions")
+    p.add_argument(
+        "--copy-elements",
+        type=positive_int,
+        default=1 << 25,
+        help="float32 elements of the copy-bandwidth probe (large: out of cache)",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd ReWA")
     p.add_argument(
         "--only",
