@@ -86,6 +86,7 @@ def test_stability_monitor_counts_updates_nonfinite_and_spikes():
         mon.after_step(loss)
     r = mon.report
     assert r.steps == 4 and r.max_update == pytest.approx(3.0)
+    assert r.max_update_near_zero == pytest.approx(0.2)  # the 3.0 moved a weight already at 0.1
     assert r.loss_spikes == 1 and r.nonfinite_steps == 0 and not mon.diverged
     mon.before_step()
     w[0] = float("nan")
@@ -107,7 +108,7 @@ def scalar_run(make_opt, penalty, a, x0, steps):
         objective.backward()
         mon.before_step()
         opt.step()
-        mon.after_step(float(loss))
+        mon.after_step(float(loss.detach()))
     return x.detach(), mon.report
 
 
@@ -131,6 +132,7 @@ def test_raw_lp_oscillates_near_zero_where_rewa_is_bounded():
         400,
     )
     assert lp_report.max_update > 1e3 * rw_report.max_update
+    assert lp_report.max_update_near_zero > 1e3 * rw_report.max_update_near_zero
     assert float(x_lp.abs()) > 1e-3  # still bouncing around 0 after 400 steps
     assert float(x_rw) == 0.0 and rw_report.max_update < 1e-3
 

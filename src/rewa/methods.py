@@ -199,7 +199,9 @@ class _TorchBaseMethod(SparseMethod):
         for name in names:
             value = self.options[name]
             self._require(
-                isinstance(value, (int, float)) and 0 <= value < float("inf"),
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and 0 <= value < float("inf"),
                 f"option {name} must be a number >= 0, got {value!r}",
             )
 
@@ -233,7 +235,8 @@ class L1Method(_TorchBaseMethod):
 
 class L1ProxMethod(_TorchBaseMethod):
     """ℓ1 by a proximal step (:class:`rewa.optim.prox.ProxL1`): SGD/AdamW, then a soft threshold
-    of the conv/linear weights by ``lr·lam`` (exact zeros)."""
+    of the conv/linear weights (by ``lr·lam/(1 − momentum)`` on SGD, ``lr·lam/(√v̂ + eps)`` on
+    AdamW: the fixed points are those of ``loss + lam·‖x‖₁``), which gives exact zeros."""
 
     name = "l1-prox"
     OPTIONS: ClassVar[dict[str, Any]] = {
@@ -303,7 +306,7 @@ class LpMethod(_TorchBaseMethod):
         return lp_penalty(self.sparse, o["lam"], o["p"], o["delta"])
 
     def after_step(self, step: int, total_steps: int) -> None:
-        if self.monitor._before:
+        if self.monitor.armed:
             self.monitor.after_step()
 
     def observe_loss(self, loss: float) -> None:

@@ -68,6 +68,9 @@ class StabilityReport:
 
     steps: int = 0
     max_update: float = 0.0  # largest |x_{t+1} − x_t| over every weight and step
+    # the same over weights that were near 0 (|x_t| <= near_zero): the kicks that ℓp's unbounded
+    # gradient gives, as opposed to a large weight moving fast
+    max_update_near_zero: float = 0.0
     nonfinite_steps: int = 0  # steps after which some weight was NaN/inf
     nonfinite_values: int = 0  # NaN/inf weights summed over those steps
     nonfinite_losses: int = 0  # NaN/inf losses observed
@@ -82,7 +85,8 @@ class StabilityMonitor:
 
     Call :meth:`before_step` just before ``optimizer.step()`` and :meth:`after_step` right after
     (with the step's loss, if known). A loss spike is a loss above ``spike_factor`` times an
-    exponential moving average of the previous losses (after ``warmup`` steps).
+    exponential moving average of the previous losses (after ``warmup`` steps). Updates of
+    weights with ``|x| <= near_zero`` before the step are also tracked on their own.
     """
 
     def __init__(
@@ -92,12 +96,14 @@ class StabilityMonitor:
         spike_factor: float = 10.0,
         ema: float = 0.9,
         warmup: int = 20,
+        near_zero: float = 1e-3,
     ) -> None:
         # A callable gives the tensors afresh at every call (e.g. parametrized weights).
         self._source = params if callable(params) else (lambda fixed=list(params): fixed)
         self.spike_factor = spike_factor
         self.ema = ema
         self.warmup = warmup
+        self.near_zero = near_zero
         self.report = StabilityReport()
         self._before: list[Tensor] = []
         self._average: float | None = None
@@ -105,6 +111,11 @@ class StabilityMonitor:
     @torch.no_grad()
     def before_step(self) -> None:
         self._before = [p.detach().clone() for p in self._source()]
+
+    @property
+    def armed(self) -> bool:
+        """Whether :meth:`before_step` has taken a snapshot to compare against."""
+        return bool(self._before)
 
     @torch.no_grad()
     def after_step(self, loss: float | None = None) -> None:
@@ -120,9 +131,11 @@ class StabilityMonitor:
             if not math.isfinite(largest):  # rare: count the bad entries, skip them in the max
                 finite = torch.isfinite(p)
                 bad += int((~finite).sum())
-                delta = delta[finite & torch.isfinite(old)]
-                largest = float(delta.max()) if delta.numel() else 0.0
+                delta.masked_fill_(~(finite & torch.isfinite(old)), 0.0)
+                largest = float(delta.max())
             r.max_update = max(r.max_update, largest)
+            near = float(delta.masked_fill_(old.abs() > self.near_zero, 0.0).max())
+            r.max_update_near_zero = max(r.max_update_near_zero, near)
         if bad:
             r.nonfinite_steps += 1
             r.nonfinite_values += bad

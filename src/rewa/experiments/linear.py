@@ -155,6 +155,12 @@ def fit_linear(
     return fit
 
 
+def _mse(coef: Tensor, X: Tensor, y: Tensor) -> float:
+    """Mean squared prediction error; inf (not NaN) when huge coefficients overflow."""
+    value = float(((X @ coef - y) ** 2).mean())
+    return value if math.isfinite(value) else math.inf
+
+
 @torch.no_grad()
 def regression_metrics(
     coef: Tensor, data: SparseRegression, support_threshold: float = 1e-3
@@ -165,7 +171,7 @@ def regression_metrics(
     """
     coef = coef.detach().float()
     finite = bool(torch.isfinite(coef).all())
-    test_mse = float(((data.X_test @ coef - data.y_test) ** 2).mean()) if finite else math.inf
+    test_mse = _mse(coef, data.X_test, data.y_test) if finite else math.inf
     true = data.support
     found = coef.abs() > support_threshold
     tp = int((found & true).sum())
@@ -175,7 +181,7 @@ def regression_metrics(
     on_support = coef[true] - data.beta[true]
     val_mse = math.inf
     if data.X_val.shape[0] and finite:
-        val_mse = float(((data.X_val @ coef - data.y_val) ** 2).mean())
+        val_mse = _mse(coef, data.X_val, data.y_val)
     return {
         **({"val_mse": val_mse} if data.X_val.shape[0] else {}),
         "test_mse": test_mse,

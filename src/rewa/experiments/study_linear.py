@@ -139,12 +139,13 @@ class Settings:
     rewa_sgd_kappa: tuple[float, ...] = (0.01, 0.03, 0.1)
     rewa_adamw_lr: tuple[float, ...] = (0.003,)
     rewa_adamw_kappa: tuple[float, ...] = (0.3, 1.0)
-    sgd_lr_factor: tuple[float, ...] = (0.4,)  # plain SGD diverges at 0.8 (d = 10,000)
+    # × batch/d: 0.2 is stable for plain SGD at d = 10,000, 0.4 diverges without a penalty
+    sgd_lr_factor: tuple[float, ...] = (0.2, 0.4)
     l1_lam: tuple[float, ...] = (0.05, 0.1, 0.2)
     lp_kappa: tuple[float, ...] = (0.01, 0.03, 0.1)
     spred_kappa: tuple[float, ...] = (0.01, 0.03, 0.1)
     # the sweep: ReWA-SGD and direct ℓp over these κ (ReWA-AdamW over rewa_adamw_kappa), each at
-    # the first learning rate of its grid (direct ℓp: the last)
+    # the first learning rate of its grid (for direct ℓp the one plain SGD is stable at)
     sweep_kappa: tuple[float, ...] = (0.003, 0.03, 0.1)
     lasso_alphas: int = 16
     families: tuple[str, ...] = ()  # empty: all
@@ -182,6 +183,7 @@ QUICK = {
     "rewa_sgd_lr": (0.03,),
     "rewa_sgd_kappa": (0.03, 0.1),
     "rewa_adamw_lr": (0.01,),
+    "sgd_lr_factor": (0.4,),
     "l1_lam": (0.05, 0.1),
     "lp_kappa": (0.03, 0.1),
     "spred_kappa": (0.03, 0.1),
@@ -217,7 +219,7 @@ def _lp(part, s, cfg, K, M):
     """Direct ℓp (δ = 0, the raw penalty) at ReWA's p and λ = κ/p for each κ of the grid."""
     p = lp_exponent(K, M)
     family = "direct ℓp (δ=0)" if part == "sweep" else f"direct ℓp p={p:.3g} (δ=0)"
-    lrs = cfg.sgd_lrs if part == "main" else cfg.sgd_lrs[-1:]
+    lrs = cfg.sgd_lrs if part == "main" else cfg.sgd_lrs[:1]
     for lr in lrs:
         for kappa in cfg.lp_kappa if part == "main" else cfg.sweep_kappa:
             opts = (("lam", kappa / p), ("p", p), ("delta", 0.0))
@@ -283,12 +285,23 @@ class Outcome:
 
 
 def run_candidate(c: Candidate, epochs: int, batch_size: int, lasso_alphas: int) -> Outcome:
+    """Train (or solve) one candidate; every row gets the CPU time of the whole candidate."""
     torch.set_num_threads(1)
+    cpu = time.process_time()
     data = c.scenario.data()
     if c.method == "lasso":
-        return _lasso_path(c, data, lasso_alphas)
-    if c.method == "ridge":
-        return _ridge_path(c, data)
+        outcome = _lasso_path(c, data, lasso_alphas)
+    elif c.method == "ridge":
+        outcome = _ridge_path(c, data)
+    else:
+        outcome = _train(c, data, epochs, batch_size)
+    cpu = time.process_time() - cpu
+    for row in outcome.rows:
+        row["cpu_seconds"] = cpu
+    return outcome
+
+
+def _train(c: Candidate, data: SparseRegression, epochs: int, batch_size: int) -> Outcome:
     support = data.support
     trace: dict[str, list[float]] = {"step": [], "support": [], "off_support": []}
     steps = epochs * math.ceil(data.X_train.shape[0] / batch_size)
@@ -313,6 +326,7 @@ def run_candidate(c: Candidate, epochs: int, batch_size: int, lasso_alphas: int)
     row = _row(c, regression_metrics(fit.coef, data), fit.seconds)
     row.update(
         max_update=fit.stability["max_update"],
+        max_update_near_zero=fit.stability["max_update_near_zero"],
         nonfinite=fit.stability["nonfinite_steps"] + fit.stability["nonfinite_losses"],
         loss_spikes=fit.stability["loss_spikes"],
         diverged=fit.diverged,
@@ -453,10 +467,15 @@ def select(results: Iterable[tuple[Candidate, Outcome]]) -> dict[tuple, tuple[di
     for _, outcome in results:
         for row in outcome.rows:
             key = (row["part"], row["scenario"], row["seed"], row["family"], row["K"], row["M"])
-            val = row["val_mse"]
-            if key not in best or val < best[key][0]["val_mse"]:
+            if key not in best or _score(row) < _score(best[key][0]):
                 best[key] = (row, outcome)
     return best
+
+
+def _score(row: dict[str, Any]) -> float:
+    """Validation MSE, with NaN (a diverged run) worst."""
+    value = row["val_mse"]
+    return value if value == value else math.inf
 
 
 SUMMARY = [
@@ -469,6 +488,7 @@ SUMMARY = [
     "sparsity_1e-3",
     "support_bias",
     "max_update",
+    "max_update_near_zero",
     "nonfinite",
     "seconds",
 ]
@@ -511,6 +531,7 @@ MD_COLUMNS = {
     "sparsity_1e-3": ".4f",
     "support_bias": "+.3f",
     "max_update": ".3g",
+    "max_update_near_zero": ".3g",
     "seconds": ".1f",
 }
 
@@ -550,6 +571,7 @@ SWEEP_COLUMNS = [
     "sparsity_1e-3",
     "support_bias",
     "max_update",
+    "max_update_near_zero",
     "nonfinite",
 ]
 SWEEP_FORMATS = {
@@ -561,6 +583,7 @@ SWEEP_FORMATS = {
     "sparsity_1e-3": ".4f",
     "support_bias": "+.3f",
     "max_update": ".3g",
+    "max_update_near_zero": ".3g",
     "K": "g",
     "M": "g",
 }
@@ -632,10 +655,12 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[s
         key=lambda r: (r["family"], r["K"], r["M"]),
     )
     grid = [row for _, o in results for row in o.rows]
+    cpu = sum(o.rows[0]["cpu_seconds"] for _, o in results)
     payload = {
         "settings": asdict(cfg),
         "provenance": provenance(),
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
         "summary": summary,
         "selected": selected,
         "grid": grid,
@@ -648,7 +673,7 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[s
     write_csv(out / "grid.csv", grid)
     if sweep_rows:
         write_csv(out / "sweep.csv", sweep_rows)
-    md = _markdown(cfg, summary, sweep_rows, wall)
+    md = _markdown(cfg, summary, sweep_rows, wall, cpu)
     (out / "results.md").write_text(md)
     written = ["results.md", "results.csv", "results.json", "grid.csv"]
     written += ["sweep.csv"] if sweep_rows else []
@@ -661,7 +686,7 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[s
     return payload
 
 
-def _markdown(cfg: Settings, summary, sweep_rows, wall: float) -> str:
+def _markdown(cfg: Settings, summary, sweep_rows, wall: float, cpu: float) -> str:
     workers = f"{cfg.workers} worker process(es), 1 thread each"
     lines = [
         "# Sparse-regression study (`rewa study linear`)",
@@ -675,8 +700,10 @@ def _markdown(cfg: Settings, summary, sweep_rows, wall: float) -> str:
         "Hyperparameters: the smallest validation MSE over the grid (never test). "
         "Support / precision / recall: |β̂ⱼ| > 1e-3; exact sparsity: β̂ⱼ == 0 over all d "
         "coefficients; support bias: mean signed error on the true support relative to |β| "
-        "(−0.1 = shrunk by 10%); max update: largest |Δβ̂ⱼ| in one step; nonfinite: steps with "
-        "NaN/inf. Seconds: training time of one run (the whole path for Lasso / dense).",
+        "(−0.1 = shrunk by 10%); max update: largest |Δβ̂ⱼ| in one step, and (near zero) over the "
+        "coefficients with |β̂ⱼ| ≤ 1e-3 before the step — the kicks of ℓp's unbounded gradient; "
+        "nonfinite: steps with NaN/inf. Seconds: wall time of one run (the whole path for Lasso "
+        "/ dense; the machine's 2 cores were shared with other jobs, see the footer).",
         "",
         main_markdown(summary),
     ]
@@ -690,7 +717,12 @@ def _markdown(cfg: Settings, summary, sweep_rows, wall: float) -> str:
             "",
             markdown_table(sweep_rows, SWEEP_COLUMNS, SWEEP_FORMATS),
         ]
-    lines += ["", f"Runs took {wall:.0f} s of wall time ({workers})."]
+    lines += [
+        "",
+        f"Runs took {wall:.0f} s of wall time ({workers}) and {cpu:.0f} CPU-seconds in the "
+        f"workers: about {cpu / max(cfg.workers, 1) / 60:.1f} minutes on {cfg.workers} otherwise "
+        "idle core(s).",
+    ]
     return "\n".join(lines) + "\n"
 
 
