@@ -514,11 +514,16 @@ def summarize(selected: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _pm(value: float, std: float, fmt: str) -> str:
-    if math.isnan(value) or math.isinf(value):
+def _fmt(value: Any, fmt: str) -> str:
+    """``format(value, fmt)``, but exploded values (|v| ≥ 1e6) in 3 significant digits."""
+    if not isinstance(value, float) or math.isnan(value) or math.isinf(value):
         return str(value)
-    text = format(value, fmt)
-    return text if not std else f"{text} ± {format(std, fmt)}"
+    return format(value, ".3g" if abs(value) >= 1e6 else fmt)
+
+
+def _pm(value: float, std: float, fmt: str) -> str:
+    text = _fmt(value, fmt)
+    return text if not std else f"{text} ± {_fmt(std, fmt.lstrip('+'))}"
 
 
 MD_COLUMNS = {
@@ -715,7 +720,13 @@ def _markdown(cfg: Settings, summary, sweep_rows, wall: float, cpu: float) -> st
             "ReWA (K, M) behaves like ℓp with p = (K + 1 − M)/K and λ = κ/p; direct ℓp uses that "
             "p and λ with δ = 0. Each row: best of its grid on validation.",
             "",
-            markdown_table(sweep_rows, SWEEP_COLUMNS, SWEEP_FORMATS),
+            markdown_table(
+                [
+                    {c: _fmt(r[c], SWEEP_FORMATS.get(c, ".4g")) for c in SWEEP_COLUMNS}
+                    for r in sweep_rows
+                ],
+                SWEEP_COLUMNS,
+            ),
         ]
     lines += [
         "",
