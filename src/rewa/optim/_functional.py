@@ -10,7 +10,8 @@ Memory traffic is what a step costs on a CPU, so the update avoids passes and al
 the parameter ``x`` (overwritten at the end of the step anyway) is the scratch tensor for the
 adaptive scale and the Adam denominator, the decay and the scaled gradient go straight into the
 momentum buffer (``addcmul_``), and the integer powers of the scale are chains of multiplications.
-The parameter itself is ``pow(y, K)``, torch's own power (the exactness contract of the tests).
+The parameter itself is ``signed_pow_into(y, K)`` (multiplications for an integer K), a fixed
+function of y, so an update that leaves y unchanged leaves x bit-for-bit unchanged.
 
 ``xs=None`` means ``y`` *is* the parameter (K = 1 with a float32/float64 parameter): then every
 op is the one torch.optim.SGD / AdamW runs, in its order, so K = 1, M = 0 is bit-identical to them.
@@ -144,24 +145,24 @@ def abs_pow(ts: list[Tensor], p: float, out: list[Tensor] | None = None) -> list
 
 
 def signed_pow_into(out: list[Tensor], ys: list[Tensor], K: float) -> None:
-    """out = sign(y)|y|^K, with torch's pow (so that x is exactly ``pow(y, K)``)."""
+    """out = sign(y)|y|^K. An integer K uses a chain of multiplications: within a few ulps of
+    torch's pow and several times faster on a CPU (pow was 65% of the step); other K use pow."""
     if K == 1.0:
         torch._foreach_copy_(out, ys)
         return
     same = out[0].dtype == ys[0].dtype
-    if is_odd_int(K):
-        if same:
-            for o, y in zip(out, ys, strict=True):
-                torch.pow(y, K, out=o)
-        else:
-            torch._foreach_copy_(out, torch._foreach_pow(ys, K))
-        return
-    tmp = _abs(ys, out if same else None)
-    torch._foreach_pow_(tmp, K)
-    for t, y in zip(tmp, ys, strict=True):
-        t.copysign_(y)
+    if float(K).is_integer() and K <= _MAX_CHAIN_EXPONENT:
+        result = _int_pow(ys, int(K), out if same else None)  # an odd power keeps the sign
+        if is_even_int(K):
+            for r, y in zip(result, ys, strict=True):
+                r.copysign_(y)
+    else:
+        result = _abs(ys, out if same else None)
+        torch._foreach_pow_(result, K)
+        for r, y in zip(result, ys, strict=True):
+            r.copysign_(y)
     if not same:
-        torch._foreach_copy_(out, tmp)
+        torch._foreach_copy_(out, result)
 
 
 def scale(ys: list[Tensor], h: Hyper, out: list[Tensor] | None = None) -> list[Tensor] | None:
