@@ -649,6 +649,9 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[s
         f"draws, {fits} training runs of {cfg.epochs} epochs + closed-form paths, "
         f"{cfg.workers} worker(s)"
     )
+    # Recorded before the workers import the code: it is the code they run, even if the tree
+    # changes while the study runs.
+    record = provenance()
     start = time.perf_counter()
     results = run_all(candidates, cfg, progress=not args.quiet)
     wall = time.perf_counter() - start
@@ -663,7 +666,7 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[s
     cpu = sum(o.rows[0]["cpu_seconds"] for _, o in results)
     payload = {
         "settings": asdict(cfg),
-        "provenance": provenance(),
+        "provenance": record,
         "wall_seconds": wall,
         "cpu_seconds": cpu,
         "summary": summary,
