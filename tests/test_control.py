@@ -17,6 +17,7 @@ from rewa.control import (
     cubic_ramp,
     for_method,
     log_density_error,
+    quantile_error,
     sparse_group_knob,
 )
 from rewa.data.synthetic import make_sparse_regression
@@ -24,6 +25,7 @@ from rewa.experiments.linear import fit_linear
 from rewa.methods import build_method
 from rewa.optim import ReWA, param_groups
 from rewa.optim.prox import ProxL1
+from rewa.sparsity import magnitude_threshold
 
 
 def test_cubic_ramp_matches_the_gmp_schedule():
@@ -44,55 +46,81 @@ def test_log_density_error_sign_and_scale():
     assert math.isfinite(log_density_error(1.0, 0.99))
 
 
+def test_quantile_error_in_clipped_decades():
+    assert quantile_error(1e-2, 1e-3) == pytest.approx(1.0)
+    assert quantile_error(1e-3, 1e-3) == 0.0
+    assert quantile_error(10**-3.5, 1e-3) == pytest.approx(-0.5)
+    assert quantile_error(1e-9, 1e-3) == -1.0 and quantile_error(0.0, 1e-3) == -1.0
+    assert quantile_error(5.0, 1e-3, clip=2.0) == 2.0
+    assert quantile_error(-1.0, 1e-3) == 0.0  # target 0: nothing to prune
+
+
 def test_controller_holds_before_the_ramp_and_respects_its_clamp():
     ctl = SparsityController(0.9, ramp_start=0.2, ramp_end=0.5, min_multiplier=0.1)
-    for p in (0.05, 0.1, 0.2):
-        assert ctl.update(0.0, p) == 1.0  # no change while the ramp has not started
-    for i in range(1, 200):  # sparsity never moves: the multiplier saturates at the top
-        m = ctl.update(0.0, 0.2 + 0.8 * i / 200)
+    for p in (0.05, 0.1, 0.2):  # no change while the ramp has not started
+        assert ctl.update(0.0, p, magnitude=1.0) == 1.0
+    for i in range(1, 200):  # the weights never move: the multiplier saturates at the top
+        m = ctl.update(0.0, 0.2 + 0.8 * i / 200, magnitude=1.0)
     assert m == pytest.approx(ctl.settings.max_multiplier)
     ctl2 = SparsityController(0.5, ramp_start=0.0, ramp_end=0.1, min_multiplier=0.1)
     for i in range(1, 100):  # far too sparse: multiplier goes down to its floor, no further
-        m = ctl2.update(1.0, i / 100)
+        m = ctl2.update(1.0, i / 100, magnitude=0.0)
     assert m == pytest.approx(0.1)
     assert ctl2.integral == pytest.approx(math.log(0.1))  # anti-windup: clamped integral
+    with pytest.raises(ValueError, match="magnitude="):
+        ctl2.update(0.5, 0.5)
 
 
 @pytest.mark.parametrize("target", [0.9, 0.95, 0.99])
-def test_pure_integral_control_of_a_static_plant_reaches_the_target(target):
-    # Static plant (like proximal ℓ1): density = 0.2 / strength, strength = multiplier.
-    ctl = SparsityController(target, kp=0.0, ki=60.0, ramp_start=0.0, ramp_end=0.5)
+def test_density_signal_controls_a_static_plant(target):
+    # Static plant (like proximal ℓ1 at exact zeros): density = 0.2 / strength.
+    ctl = SparsityController(target, threshold=0.0, ramp_start=0.0, ramp_end=0.5)
+    assert ctl.settings.signal == "density" and ctl.settings.kp == GAINS["density"]["kp"]
     m, n = 1.0, 1000
     for i in range(1, n + 1):
-        sparsity = 1.0 - min(1.0, 0.2 / m)
-        m = ctl.update(sparsity, i / n)
+        m = ctl.update(1.0 - min(1.0, 0.2 / m), i / n)
     assert 1.0 - min(1.0, 0.2 / m) == pytest.approx(target, abs=1e-3)
 
 
+def shrinking_weights(target: float, n_updates: int = 500, seed: int = 0) -> tuple[float, float]:
+    """A plant like weight decay on a layer: every log-magnitude moves by −rate·(log m − b_i)
+    per unit progress, where b_i is how strongly the data holds weight i (uniform on [0, 4]:
+    the right multiplier is unknown, somewhere in e^0..e^4). Returns the final fraction of
+    |x| <= 1e-3 and the final multiplier."""
+    gen = torch.Generator().manual_seed(seed)
+    log_x = torch.empty(5000, dtype=torch.float64).uniform_(-2.5, -0.5, generator=gen)
+    hold = torch.empty(5000, dtype=torch.float64).uniform_(0.0, 4.0, generator=gen)
+    ctl = SparsityController(target)  # quantile signal, default gains
+    m = 1.0
+    for i in range(1, n_updates + 1):
+        p = i / n_updates
+        log_x -= 10.0 * (math.log(m) - hold) / n_updates
+        log_x.clamp_(max=0.0)
+        x = log_x.exp()
+        q = magnitude_threshold([x], ctl.scheduled_target(p))
+        m = ctl.update(float((x <= 1e-3).double().mean()), p, magnitude=q)
+    return float((log_x.exp() <= 1e-3).double().mean()), m
+
+
 @pytest.mark.parametrize("target", [0.9, 0.95, 0.99])
-def test_pi_control_of_an_integrating_plant_reaches_the_target(target):
-    # Integrating plant (like ReWA): log-density falls at a rate set by the strength above the
-    # one that balances the data term (m* = 20); under m* weights grow back.
-    ctl = SparsityController(target, ramp_start=0.05, ramp_end=0.6)  # default PI gains
-    log_density, m, n = 0.0, 1.0, 2000
-    for i in range(1, n + 1):
-        log_density = min(0.0, log_density - 4.0 * math.log(m / 20.0) / n)
-        m = ctl.update(1.0 - math.exp(log_density), i / n)
-    assert 1.0 - math.exp(log_density) == pytest.approx(target, abs=0.005)
+def test_quantile_signal_controls_shrinking_weights(target):
+    achieved, m = shrinking_weights(target)
+    assert achieved == pytest.approx(target, abs=0.005)
+    assert m > 1.0  # it had to raise the strength
 
 
 def test_controller_state_dict_resumes_identically():
     def drive(ctl, start, stop, n=100):
-        out = []
-        for i in range(start, stop):
-            out.append(ctl.update(min(0.99, i / n), i / n))
-        return out
+        return [
+            ctl.update(min(0.99, i / n), i / n, magnitude=10 ** (-i / 30))
+            for i in range(start, stop)
+        ]
 
     a = SparsityController(0.95)
     full = drive(a, 1, 100)
     b = SparsityController(0.95)
     drive(b, 1, 40)
-    c = SparsityController(0.5)  # different settings are replaced by the saved ones
+    c = SparsityController(0.5, threshold=0.0)  # different settings: replaced by the saved ones
     c.load_state_dict(b.state_dict())
     assert drive(c, 40, 100) == full[39:]
 
@@ -106,6 +134,8 @@ def test_controller_state_dict_resumes_identically():
         {"target": 0.9, "kp": -1.0},
         {"target": 0.9, "min_multiplier": 2.0},
         {"target": 0.9, "threshold": -1e-3},
+        {"target": 0.9, "threshold": 0.0, "signal": "quantile"},
+        {"target": 0.9, "signal": "sparsity"},
     ],
 )
 def test_invalid_settings_are_rejected(kwargs):
@@ -177,20 +207,21 @@ def one_thread():
 
 
 @pytest.mark.parametrize(
-    ("name", "options", "key", "kind"),
+    ("name", "options", "key"),
     [
-        ("rewa", {"weight_decay": 1e-3}, "weight_decay", "integrating"),
-        ("l1-prox", {"lam": 1e-3}, "l1", "static"),
-        ("l1", {"lam": 1e-3}, "lam", "static"),
-        ("spred", {"weight_decay": 1e-3}, "weight_decay", "integrating"),
+        ("rewa", {"weight_decay": 1e-3}, "weight_decay"),
+        ("l1-prox", {"lam": 1e-3}, "l1"),
+        ("l1", {"lam": 1e-3}, "lam"),
+        ("spred", {"weight_decay": 1e-3}, "weight_decay"),
     ],
 )
-def test_for_method_scales_each_methods_strength(name, options, key, kind):
+def test_for_method_scales_each_methods_strength(name, options, key):
     model = _model()
     method = build_method(name, model, lr=0.1, options=options)
     hook = for_method(method, model, 0.9, every=1)
     assert hook.knob.key == key
-    assert hook.controller.settings.kp == GAINS[kind]["kp"]
+    assert hook.controller.settings.signal == "quantile"
+    assert hook.controller.settings.kp == GAINS["quantile"]["kp"]
     hook.knob.set(3.0)
     assert hook.knob.value() == pytest.approx(3e-3)
     if isinstance(hook.knob, OptionKnob):
@@ -221,8 +252,7 @@ def _controlled_regression(target: float, method: str, strength: float, seed: in
             opt = ReWA(params, lr=2e-2, K=9, M=2, weight_decay=strength)
         else:
             opt = ProxL1(params, lr=1e-3, l1=strength, momentum=0.9)
-        gains = GAINS["integrating" if method == "rewa" else "static"]
-        controller = SparsityController(target, threshold=1e-3, **gains)
+        controller = SparsityController(target, threshold=1e-3)
         holder["hook"] = TargetSparsity(controller, sparse_group_knob(opt), params, every=10)
         return opt
 

@@ -17,6 +17,7 @@ COMMANDS = [
     "rewa.experiments.study_linear",
     "rewa.experiments.bench",
     "rewa.experiments.prune_cli",
+    "rewa.experiments.target_sparsity",
 ]
 
 

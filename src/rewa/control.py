@@ -4,29 +4,38 @@ A regularization method (ReWA's weight decay κ, the ℓ1 strength λ) does not 
 an input: the sparsity it reaches depends on κ, on the learning-rate schedule (the decay acts
 through Σ_t η_t·κ, see METHOD.md) and on the task. :class:`SparsityController` closes the loop:
 
-* **measured** sparsity ``s`` = fraction of the sparsified weights with ``|x| <= threshold`` (the
-  reporting threshold; ``threshold=0`` counts exact zeros);
+* **measured** sparsity ``s`` = fraction of the sparsified weights with ``|x| <= τ`` (the
+  reporting threshold τ, 1e-3 by default);
 * **scheduled target** ``s*(t)`` = ``S · (1 − (1 − r)^3)`` with ``r`` the progress through the
   ramp ``[ramp_start, ramp_end]`` (the cubic schedule of gradual magnitude pruning): 0 early, so
   early training is not crippled, S from ``ramp_end`` on, so the last part of training holds S;
-* **error** in log-density ``e = log(1 − s + δ) − log(1 − s* + δ)``: density is the natural scale
-  of sparsity (99% vs 98% is a factor 2 in nonzeros, 91% vs 90% is 10%), and ``e > 0`` means
-  too many nonzeros, i.e. the strength must grow;
+* **error** (``signal="quantile"``, the default): ``e = log10(q / τ)`` clipped to ±1 decade, where
+  ``q`` is the magnitude of the weight at the quantile ``s*`` (the global-magnitude threshold that
+  would prune a fraction ``s*``). ``e > 0``: the ``s*`` smallest weights are not yet below τ, the
+  strength must grow. Why not the sparsity itself: under weight decay all weights shrink together,
+  and with ReWA's ``x = y^K`` the bulk of a freshly initialized layer sits within one decade of τ;
+  the fraction below τ stays flat, then jumps when the bulk crosses τ, so a controller that
+  watches it sees nothing, raises κ a hundredfold and empties the network (our first version did
+  exactly that to a short CIFAR-10 ResNet-20 run). The quantile moves smoothly from the first
+  step. For exact
+  zeros (τ = 0) the error is the log-density ``log(1 − s + δ) − log(1 − s* + δ)``
+  (``signal="density"``, pure integral action);
 * **PI law in log space** on the strength multiplier ``m`` (strength = base · m)::
 
       I ← clamp(I + k_i · e · Δprogress, log m_min, log m_max)     (no integration before the ramp)
       m = exp(clamp(I + k_p · e, log m_min, log m_max))
 
-  multiplicative, because the right κ for a budget is unknown by orders of magnitude; integral
-  over progress (not steps), so the gains do not depend on how often it is called; the integral
-  is clamped to the multiplier's range (anti-windup).
+  multiplicative, because the right κ for a budget is unknown by orders of magnitude (the decay
+  acts through Σ_t η_t·κ, METHOD.md); integral over progress (not steps), so the gains do not
+  depend on how often it is called; the integral is clamped to the multiplier's range
+  (anti-windup).
 
 The controller knows nothing about models or training loops: ``update(measured, progress)``
 returns the multiplier. :class:`TargetSparsity` connects it to the weights it measures and to the
 strength it scales (a :class:`GroupKnob` on param_groups, an :class:`OptionKnob` on a penalty's
 ``lam``); it is what a training loop calls after each optimizer step, and :func:`for_method` builds
-one for a :mod:`rewa.methods` method with the gains preset of its kind (:data:`GAINS`). Both have
-``state_dict``/``load_state_dict`` for checkpoints.
+one for a :mod:`rewa.methods` method. Both have ``state_dict``/``load_state_dict`` for
+checkpoints.
 
 What it cannot do: undo over-sparsification quickly. With ReWA (M > 0) an exact zero is
 absorbing and a tiny weight regrows slowly, so a base strength that empties the model in the
@@ -43,7 +52,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from rewa.sparsity import sparsity_report
+from rewa.sparsity import effective_weights, magnitude_threshold, sparsity_report
 
 DENSITY_FLOOR = 1e-4  # δ: keeps the log-density finite when every weight is below threshold
 
@@ -64,6 +73,28 @@ def log_density_error(measured: float, target: float, floor: float = DENSITY_FLO
     return math.log(1.0 - measured + floor) - math.log(1.0 - target + floor)
 
 
+# Gains per error signal, tuned on the sparse regression (ReWA and proximal ℓ1) and a small CNN
+# on CIFAR-10 (results/target_sparsity/). The quantile error moves smoothly with the strength for
+# every method tried, so one PI pair serves them all; the density error (exact zeros, τ = 0) is
+# used with pure integral action, which is stable when the sparsity follows the strength at once
+# (proximal ℓ1) and only slow otherwise.
+GAINS: dict[str, dict[str, float]] = {
+    "quantile": {"kp": 3.0, "ki": 20.0},
+    "density": {"kp": 0.0, "ki": 60.0},
+}
+SIGNALS = ("quantile", "density")
+
+
+def quantile_error(magnitude: float, threshold: float, clip: float = 1.0) -> float:
+    """``log10(magnitude / threshold)`` clipped to ±clip decades: > 0 when the weight at the
+    scheduled quantile is still above the threshold (too few zeros); 0 when ``magnitude < 0``
+    (nothing to prune: the target is 0)."""
+    if magnitude < 0:
+        return 0.0
+    ratio = max(magnitude, threshold * 10.0**-clip) / threshold
+    return min(max(math.log10(ratio), -clip), clip)
+
+
 @dataclass
 class ControllerSettings:
     """The controller's constants (see the module docstring for the law)."""
@@ -72,10 +103,12 @@ class ControllerSettings:
     threshold: float = 1e-3
     ramp_start: float = 0.05
     ramp_end: float = 0.6
-    kp: float = 6.0
-    ki: float = 60.0
+    kp: float = 3.0
+    ki: float = 20.0
     min_multiplier: float = 1e-3
     max_multiplier: float = 1e3
+    signal: str = "quantile"
+    quantile_clip: float = 1.0
 
     def validate(self) -> None:
         def fail(what: str) -> None:
@@ -96,17 +129,28 @@ class ControllerSettings:
                 "need 0 < min_multiplier <= 1 <= max_multiplier < inf, got "
                 f"{self.min_multiplier!r}, {self.max_multiplier!r}"
             )
+        if self.signal not in SIGNALS:
+            fail(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
+        if self.signal == "quantile" and self.threshold == 0.0:
+            fail("the quantile signal needs threshold > 0 (use signal='density' for exact zeros)")
+        if not 0.0 < self.quantile_clip < math.inf:
+            fail(f"quantile_clip must be > 0, got {self.quantile_clip!r}")
 
 
 class SparsityController:
     """Log-space PI control of a strength multiplier toward a scheduled target sparsity.
 
-    Example (the loop is the caller's)::
+    ``signal="quantile"`` (the default when ``threshold > 0``) needs, at each update, the
+    magnitude of the weight at the scheduled target's quantile (the global-magnitude threshold
+    that would prune a fraction ``scheduled_target(progress)``); ``signal="density"`` needs only
+    the measured sparsity. Example (the loop is the caller's)::
 
         ctl = SparsityController(0.95, threshold=1e-3)
         for step in range(total):
             ...
-            m = ctl.update(measured_sparsity, progress=(step + 1) / total)
+            p = (step + 1) / total
+            q = rewa.sparsity.magnitude_threshold(weights, ctl.scheduled_target(p))
+            m = ctl.update(measured_sparsity, p, magnitude=q)
             set_strength(base * m)
     """
 
@@ -117,20 +161,27 @@ class SparsityController:
         threshold: float = 1e-3,
         ramp_start: float = 0.05,
         ramp_end: float = 0.6,
-        kp: float = 6.0,
-        ki: float = 60.0,
+        kp: float | None = None,
+        ki: float | None = None,
         min_multiplier: float = 1e-3,
         max_multiplier: float = 1e3,
+        signal: str = "auto",
+        quantile_clip: float = 1.0,
     ) -> None:
+        if signal == "auto":
+            signal = "quantile" if threshold > 0 else "density"
+        gains = GAINS.get(signal, GAINS["quantile"])
         self.settings = ControllerSettings(
             float(target),
             float(threshold),
             float(ramp_start),
             float(ramp_end),
-            float(kp),
-            float(ki),
+            float(gains["kp"] if kp is None else kp),
+            float(gains["ki"] if ki is None else ki),
             float(min_multiplier),
             float(max_multiplier),
+            str(signal),
+            float(quantile_clip),
         )
         self.settings.validate()
         self.integral = 0.0  # log of the multiplier's integral part
@@ -138,6 +189,7 @@ class SparsityController:
         self.progress = 0.0
         self.last_measured: float | None = None
         self.last_target = 0.0
+        self.last_error = 0.0
 
     @property
     def target(self) -> float:
@@ -152,20 +204,27 @@ class SparsityController:
         s = self.settings
         return s.target * cubic_ramp(progress, s.ramp_start, s.ramp_end)
 
-    def update(self, measured: float, progress: float) -> float:
-        """Feed the sparsity measured at ``progress`` ∈ [0, 1]; return the new multiplier."""
+    def update(self, measured: float, progress: float, *, magnitude: float | None = None) -> float:
+        """Feed the sparsity measured at ``progress`` ∈ [0, 1] (and, for the quantile signal,
+        the magnitude at the scheduled target's quantile); return the new multiplier."""
         if not 0.0 <= measured <= 1.0:
             raise ValueError(f"measured sparsity must be in [0, 1], got {measured!r}")
-        progress = min(max(float(progress), 0.0), 1.0)
         s = self.settings
+        progress = min(max(float(progress), 0.0), 1.0)
         dp = max(progress - self.progress, 0.0)
         self.progress = progress
         self.last_measured = float(measured)
         self.last_target = self.scheduled_target(progress)
+        if s.signal == "quantile":
+            if magnitude is None:
+                raise ValueError("the quantile signal needs magnitude= at every update")
+            error = quantile_error(float(magnitude), s.threshold, s.quantile_clip)
+        else:
+            error = log_density_error(measured, self.last_target)
+        self.last_error = error
         if progress <= s.ramp_start:  # hold: early training runs at the base strength
             return self.multiplier
         low, high = math.log(s.min_multiplier), math.log(s.max_multiplier)
-        error = log_density_error(measured, self.last_target)
         self.integral = min(max(self.integral + s.ki * error * dp, low), high)
         self.multiplier = math.exp(min(max(self.integral + s.kp * error, low), high))
         return self.multiplier
@@ -178,6 +237,7 @@ class SparsityController:
             "progress": self.progress,
             "last_measured": self.last_measured,
             "last_target": self.last_target,
+            "last_error": self.last_error,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -190,6 +250,7 @@ class SparsityController:
         last = state["last_measured"]
         self.last_measured = None if last is None else float(last)
         self.last_target = float(state["last_target"])
+        self.last_error = float(state.get("last_error", 0.0))
 
 
 # ---------------------------------------------------------------- what the multiplier scales
@@ -285,24 +346,14 @@ def sparse_group_knob(optimizer: Optimizer) -> GroupKnob:
     )
 
 
-# Gains by how the sparsity responds to the strength (see the module docstring):
-# - "integrating": the strength sets a *rate* of shrinkage (ReWA's κ acts through Σ η_t κ;
-#   Spred's and STR's weight decay on hidden factors); PI with a strong P term for damping.
-# - "static": the strength sets the sparsity almost at once (the proximal soft threshold, a
-#   penalty's subgradient); a P term makes it oscillate, pure I is stable.
-# Both were tuned on the sparse-regression problem (results/target_sparsity/).
-GAINS: dict[str, dict[str, float]] = {
-    "integrating": {"kp": 6.0, "ki": 60.0},
-    "static": {"kp": 0.0, "ki": 60.0},
-}
-# method name -> (what is scaled, gains preset); the knob is found on the built method.
-METHOD_KNOBS: dict[str, tuple[str, str]] = {
-    "rewa": ("weight_decay of the ReWA group", "integrating"),
-    "spred": ("weight_decay of the u, v factors", "integrating"),
-    "str": ("weight_decay of the hidden weights and thresholds", "integrating"),
-    "l1-prox": ("l1 (lam) of the conv/linear group", "static"),
-    "l1": ("lam of the l1 penalty", "static"),
-    "lp": ("lam of the lp penalty", "static"),
+# method name -> the strength that target sparsity scales (found on the built method)
+METHOD_KNOBS: dict[str, str] = {
+    "rewa": "weight_decay of the ReWA group",
+    "spred": "weight_decay of the u, v factors",
+    "str": "weight_decay of the hidden weights and thresholds",
+    "l1-prox": "l1 (lam) of the conv/linear group",
+    "l1": "lam of the l1 penalty",
+    "lp": "lam of the lp penalty",
 }
 
 
@@ -369,8 +420,19 @@ class TargetSparsity:
         if done % self.every and done != total_steps:
             return None
         measured = self.measure()
-        self.knob.set(self.controller.update(measured, done / max(total_steps, 1)))
+        progress = done / max(total_steps, 1)
+        c = self.controller
+        magnitude = None
+        if c.settings.signal == "quantile":
+            target = c.scheduled_target(progress)
+            magnitude = magnitude_threshold(self.weights(), target) if target > 0 else -1.0
+        self.knob.set(c.update(measured, progress, magnitude=magnitude))
         return measured
+
+    def weights(self) -> list[Tensor]:
+        if isinstance(self.source, nn.Module):
+            return [w for _, w in effective_weights(self.source)]
+        return list(self.source)
 
     def metrics(self) -> dict[str, float]:
         """Values to log: measured and scheduled sparsity, multiplier, strength."""
@@ -402,20 +464,17 @@ def for_method(
     every: int = 10,
     ramp_start: float = 0.05,
     ramp_end: float = 0.6,
-    **overrides: float,
+    **options: Any,
 ) -> TargetSparsity:
-    """A :class:`TargetSparsity` for a built :mod:`rewa.methods` method, with the gains preset of
-    its kind (``overrides``: kp, ki, min_multiplier, max_multiplier)."""
+    """A :class:`TargetSparsity` for a built :mod:`rewa.methods` method (``options``: kp, ki,
+    min_multiplier, max_multiplier, signal, quantile_clip of :class:`SparsityController`)."""
     knob = method_knob(method)
-    unknown = sorted(set(overrides) - {"kp", "ki", "min_multiplier", "max_multiplier"})
+    valid = ("kp", "ki", "min_multiplier", "max_multiplier", "signal", "quantile_clip")
+    unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(
-            f"unknown controller option {unknown[0]!r}; valid: kp, ki, min_multiplier, "
-            "max_multiplier"
-        )
-    settings = {**GAINS[METHOD_KNOBS[method.name][1]], **overrides}
+        raise ValueError(f"unknown controller option {unknown[0]!r}; valid: {', '.join(valid)}")
     controller = SparsityController(
-        target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **settings
+        target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
     )
     return TargetSparsity(controller, knob, source, every=every)
 
@@ -423,6 +482,7 @@ def for_method(
 __all__ = [
     "GAINS",
     "METHOD_KNOBS",
+    "SIGNALS",
     "ControllerSettings",
     "GroupKnob",
     "OptionKnob",
@@ -432,5 +492,6 @@ __all__ = [
     "for_method",
     "log_density_error",
     "method_knob",
+    "quantile_error",
     "sparse_group_knob",
 ]

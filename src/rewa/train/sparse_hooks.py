@@ -74,7 +74,7 @@ def build(config: Any, model: nn.Module, method: SparseMethod) -> dict[str, Any]
                 every=s.every,
                 ramp_start=s.ramp_start,
                 ramp_end=s.ramp_end,
-                **{k: float(v) for k, v in s.controller.items()},
+                **s.controller,
             )
         except (ValueError, TypeError) as err:
             raise UsageError(f"sparsity.target: {err}") from None
