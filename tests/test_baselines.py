@@ -199,7 +199,7 @@ def test_str_forward_is_the_soft_threshold_of_the_hidden_weight():
     x = inputs(F64)
     expected = net(x)
     thresholds = apply_str(net, s_init=-2.0)
-    assert len(thresholds) == 2 and all(float(s) == -2.0 for s in thresholds)
+    assert len(thresholds) == 2 and all(float(s.detach()) == -2.0 for s in thresholds)
     torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)  # init preserves the model
     hidden, ss = str_parameters(net)
     with torch.no_grad():
