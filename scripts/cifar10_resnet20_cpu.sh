@@ -25,8 +25,13 @@ run() {  # name config [overrides...]
   run rewa_2e-2  cifar10_resnet20_rewa  --set method.options.weight_decay=2.0e-2
   run rewa_7e-3  cifar10_resnet20_rewa  --set method.options.weight_decay=7.0e-3
   run spred_3e-3 cifar10_resnet20_spred --set method.options.weight_decay=3.0e-3
+  run rewa_2e-3  cifar10_resnet20_rewa  --set method.options.weight_decay=2.0e-3
 } &
 wait
-finished=(); for r in dense rewa_2e-2 l1_3e-3 rewa_7e-3 l1_1e-3 spred_3e-3; do
+finished=(); for r in dense l1_1e-3 l1_3e-3 rewa_2e-3 rewa_7e-3 rewa_2e-2 spred_3e-3; do
   [ -f "$RUNS/$r/eval.json" ] && finished+=("$RUNS/$r"); done
 rewa report "${finished[@]}" --out "$OUT"
+for r in "${finished[@]}"; do  # each run's own sweep and config next to the comparison
+  mkdir -p "$OUT/runs/$(basename "$r")"
+  cp "$r"/eval.md "$r"/eval.json "$r"/config.yaml "$r"/run.json "$OUT/runs/$(basename "$r")/"
+done
