@@ -191,6 +191,19 @@ def _groups(*pairs: tuple[list[nn.Parameter], dict[str, Any]]) -> list[dict[str,
 class _TorchBaseMethod(SparseMethod):
     """Helpers for methods that train with torch's SGD/AdamW: weight decay per group."""
 
+    sparse: list[nn.Parameter]
+    other: list[nn.Parameter]
+
+    def make_optimizer(self) -> Optimizer:
+        """torch's SGD/AdamW with ``weight_decay`` on ``self.sparse`` (the weights the method
+        sparsifies, set by :meth:`prepare_model`) and ``other_weight_decay`` on ``self.other``."""
+        o = self.options
+        groups = _groups(
+            (self.sparse, {"weight_decay": o["weight_decay"]}),
+            (self.other, {"weight_decay": o["other_weight_decay"]}),
+        )
+        return self.torch_optimizer(groups, o["weight_decay"])
+
     def _require(self, ok: bool, message: str) -> None:
         if not ok:
             raise UsageError(f"method {self.name!r}: {message}")
@@ -220,14 +233,6 @@ class L1Method(_TorchBaseMethod):
     def prepare_model(self) -> None:
         self._nonneg("lam", "weight_decay", "other_weight_decay")
         self.sparse, self.other = split_parameters(self.model)
-
-    def make_optimizer(self) -> Optimizer:
-        o = self.options
-        groups = _groups(
-            (self.sparse, {"weight_decay": o["weight_decay"]}),
-            (self.other, {"weight_decay": o["other_weight_decay"]}),
-        )
-        return self.torch_optimizer(groups, o["weight_decay"])
 
     def penalty(self) -> Tensor | None:
         return l1_penalty(self.sparse, self.options["lam"])
@@ -291,14 +296,6 @@ class LpMethod(_TorchBaseMethod):
         )
         self.sparse, self.other = split_parameters(self.model)
         self.monitor = StabilityMonitor(self.sparse)
-
-    def make_optimizer(self) -> Optimizer:
-        o = self.options
-        groups = _groups(
-            (self.sparse, {"weight_decay": o["weight_decay"]}),
-            (self.other, {"weight_decay": o["other_weight_decay"]}),
-        )
-        return self.torch_optimizer(groups, o["weight_decay"])
 
     def penalty(self) -> Tensor | None:
         self.monitor.before_step()
@@ -409,14 +406,6 @@ class GMPMethod(_TorchBaseMethod):
         except ValueError as err:
             raise UsageError(f"method 'gmp': {err}") from None
         self.sparse, self.other = split_parameters(self.model)
-
-    def make_optimizer(self) -> Optimizer:
-        o = self.options
-        groups = _groups(
-            (self.sparse, {"weight_decay": o["weight_decay"]}),
-            (self.other, {"weight_decay": o["other_weight_decay"]}),
-        )
-        return self.torch_optimizer(groups, o["weight_decay"])
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.pruning.after_step(step, total_steps)
