@@ -3,7 +3,7 @@
 # (5,000 training images, 6 epochs, evaluation on 1,000 val + 1,000 test images, one thread):
 # ReWA K=9 M=2 starting from weight decay 1e-3 (too weak for this budget: ~1% of weights <= 1e-3
 # uncontrolled), the controller raising it so that training ends at S, for S in 0.9 0.95 0.99.
-#   DATA=/path/to/cifar10 scripts/target_sparsity_cifar.sh
+#   DATA=/path/to/cifar10 scripts/target_sparsity_cifar.sh [--set KEY=VALUE ...]
 set -euo pipefail
 DATA=${DATA:-data/cifar10}
 OUT=${OUT:-results/target_sparsity}
@@ -18,7 +18,7 @@ for S in $TARGETS; do
   name="rewa_target_$S"
   if [ ! -f "$RUNS/$name/eval.json" ]; then
     rewa train --config configs/cifar10_resnet20_rewa.yaml "${COMMON[@]}" --target-sparsity "$S" \
-      --set output.name="$name" --resume
+      --set output.name="$name" --resume "$@"
   fi
   done_runs+=("$RUNS/$name")
 done

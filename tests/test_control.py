@@ -109,6 +109,26 @@ def test_quantile_signal_controls_shrinking_weights(target):
     assert m > 1.0  # it had to raise the strength
 
 
+def test_integral_is_throttled_while_the_learning_rate_warms_up():
+    a = SparsityController(0.9, ramp_start=0.0)
+    b = SparsityController(0.9, ramp_start=0.0)
+    a.update(0.0, 0.1, magnitude=1.0)
+    b.update(0.0, 0.1, magnitude=1.0, rate=0.5)
+    assert a.integral > 0 and b.integral == pytest.approx(a.integral / 2)
+    model = _model()
+    opt = ReWA(param_groups(model, weight_decay=1e-3), lr=1.0)
+    for group in opt.param_groups:
+        group["initial_lr"] = 1.0
+    hook = TargetSparsity(SparsityController(0.9), sparse_group_knob(opt), [model[0].weight])
+    rates = []
+    for lr in (0.25, 0.5, 0.75, 0.995, 0.5, 0.1):  # warmup, peak, then a decay: 1 from the peak
+        for group in opt.param_groups:
+            group["lr"] = lr
+        rates.append(hook.lr_rate())
+    assert rates == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert hook.state_dict()["warmed_up"] is True
+
+
 def test_controller_state_dict_resumes_identically():
     def drive(ctl, start, stop, n=100):
         return [

@@ -22,13 +22,15 @@ through Σ_t η_t·κ, see METHOD.md) and on the task. :class:`SparsityControlle
   (``signal="density"``, pure integral action);
 * **PI law in log space** on the strength multiplier ``m`` (strength = base · m)::
 
-      I ← clamp(I + k_i · e · Δprogress, log m_min, log m_max)     (no integration before the ramp)
+      I ← clamp(I + k_i · e · Δprogress · w_t, log m_min, log m_max)   (none before the ramp)
       m = exp(clamp(I + k_p · e, log m_min, log m_max))
 
-  multiplicative, because the right κ for a budget is unknown by orders of magnitude (the decay
-  acts through Σ_t η_t·κ, METHOD.md); integral over progress (not steps), so the gains do not
-  depend on how often it is called; the integral is clamped to the multiplier's range
-  (anti-windup).
+  multiplicative, because the right κ for a budget is unknown by orders of magnitude; integral
+  over progress (not steps), so the gains do not depend on how often it is called; ``w_t`` = the
+  learning rate over its peak during a warmup (1 after), because the strength acts through
+  Σ_t η_t·κ (METHOD.md): while η is small the weights barely respond, and an unweighted integral
+  would wind up and overshoot when the learning rate arrives; the integral is clamped to the
+  multiplier's range (anti-windup).
 
 The controller knows nothing about models or training loops: ``update(measured, progress)``
 returns the multiplier. :class:`TargetSparsity` connects it to the weights it measures and to the
@@ -204,9 +206,21 @@ class SparsityController:
         s = self.settings
         return s.target * cubic_ramp(progress, s.ramp_start, s.ramp_end)
 
-    def update(self, measured: float, progress: float, *, magnitude: float | None = None) -> float:
+    def update(
+        self,
+        measured: float,
+        progress: float,
+        *,
+        magnitude: float | None = None,
+        rate: float = 1.0,
+    ) -> float:
         """Feed the sparsity measured at ``progress`` ∈ [0, 1] (and, for the quantile signal,
-        the magnitude at the scheduled target's quantile); return the new multiplier."""
+        the magnitude at the scheduled target's quantile); return the new multiplier.
+
+        ``rate`` ∈ [0, 1] scales the integral's advance (``k_i · e · Δprogress · rate``);
+        :class:`TargetSparsity` passes the learning rate over its peak during a warmup, when the
+        weights barely respond to the strength and an unscaled integral would wind up.
+        """
         if not 0.0 <= measured <= 1.0:
             raise ValueError(f"measured sparsity must be in [0, 1], got {measured!r}")
         s = self.settings
@@ -225,7 +239,8 @@ class SparsityController:
         if progress <= s.ramp_start:  # hold: early training runs at the base strength
             return self.multiplier
         low, high = math.log(s.min_multiplier), math.log(s.max_multiplier)
-        self.integral = min(max(self.integral + s.ki * error * dp, low), high)
+        rate = min(max(float(rate), 0.0), 1.0)
+        self.integral = min(max(self.integral + s.ki * error * dp * rate, low), high)
         self.multiplier = math.exp(min(max(self.integral + s.kp * error, low), high))
         return self.multiplier
 
@@ -397,11 +412,17 @@ class TargetSparsity:
         source: Source,
         *,
         every: int = 10,
+        optimizer: Optimizer | None = None,
     ) -> None:
         if every < 1:
             raise ValueError(f"TargetSparsity: every must be >= 1, got {every}")
         self.controller = controller
         self.knob = knob
+        if optimizer is None and isinstance(knob, GroupKnob):
+            optimizer = knob.optimizer
+        self.optimizer = optimizer
+        self.warmed_up = False
+        self.last_lr: float | None = None
         self.source = source if isinstance(source, nn.Module) else list(source)
         if not isinstance(self.source, nn.Module) and not self.source:
             raise ValueError("TargetSparsity: no weights to measure")
@@ -426,8 +447,22 @@ class TargetSparsity:
         if c.settings.signal == "quantile":
             target = c.scheduled_target(progress)
             magnitude = magnitude_threshold(self.weights(), target) if target > 0 else -1.0
-        self.knob.set(c.update(measured, progress, magnitude=magnitude))
+        self.knob.set(c.update(measured, progress, magnitude=magnitude, rate=self.lr_rate()))
         return measured
+
+    def lr_rate(self) -> float:
+        """While the learning rate is still rising (a warmup), the learning rate over its peak
+        (``initial_lr``, as schedulers and the trainer store it); 1 from the first update where
+        it reaches 99% of the peak or stops rising, and without an optimizer."""
+        if self.optimizer is None or self.warmed_up:
+            return 1.0
+        group = self.optimizer.param_groups[0]
+        lr, peak = float(group["lr"]), float(group.get("initial_lr", 0.0))
+        previous, self.last_lr = self.last_lr, lr
+        if peak <= 0 or lr >= 0.99 * peak or (previous is not None and lr <= previous):
+            self.warmed_up = True
+            return 1.0
+        return lr / peak
 
     def weights(self) -> list[Tensor]:
         if isinstance(self.source, nn.Module):
@@ -447,11 +482,16 @@ class TargetSparsity:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"controller": self.controller.state_dict(), "knob": self.knob.state_dict()}
+        return {
+            "controller": self.controller.state_dict(),
+            "knob": self.knob.state_dict(),
+            "warmed_up": self.warmed_up,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
         self.knob.load_state_dict(state["knob"])
+        self.warmed_up = bool(state.get("warmed_up", False))
         self.knob.set(self.controller.multiplier)
 
 
@@ -476,7 +516,7 @@ def for_method(
     controller = SparsityController(
         target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
     )
-    return TargetSparsity(controller, knob, source, every=every)
+    return TargetSparsity(controller, knob, source, every=every, optimizer=method.optimizer)
 
 
 __all__ = [

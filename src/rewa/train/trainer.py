@@ -497,6 +497,7 @@ class Trainer:
             "lr": self.method.optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / max(n, 1),
             "train_acc": correct / max(n, 1),
+            **sparse_hooks.metrics(self.hooks),
         }
         stats.window = {"loss": 0.0, "correct": 0, "n": 0}
         return record
