@@ -86,7 +86,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "report",
         help="one comparison table and accuracy-sparsity plot across runs",
         description="Compare finished runs: comparison.md / .csv / .json (method, options, final "
-        "accuracy, exact sparsity, accuracy at 90/95/98/99%% sparsity from each run's threshold "
+        "accuracy, exact sparsity, accuracy at 90/95/98/99% sparsity from each run's threshold "
         "sweep) and accuracy_sparsity.png.",
     )
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories with eval.json")
