@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Target-sparsity control on CIFAR-10 ResNet-20 at the CPU scale of scripts/cifar10_resnet20_cpu.sh
 # (5,000 training images, 6 epochs, evaluation on 1,000 val + 1,000 test images, one thread):
-# ReWA K=9 M=2 starting from weight decay 1e-3 (too weak for this budget: ~1% of weights <= 1e-3
-# uncontrolled), the controller raising it so that training ends at S, for S in 0.9 0.95 0.99.
+# ReWA K=9 M=2 starting from weight decay 1e-3 (too weak for this budget, see the uncontrolled
+# reference run rewa_base_1e-3), the controller raising it so that training ends at S, for S in
+# 0.9 0.95 0.99.
 #   DATA=/path/to/cifar10 scripts/target_sparsity_cifar.sh [--set KEY=VALUE ...]
 set -euo pipefail
 DATA=${DATA:-data/cifar10}
@@ -14,6 +15,11 @@ COMMON=(--set data.data_dir="$DATA" --set data.limit_train=5000 --set data.limit
         --set output.progress=false --set method.options.weight_decay=1.0e-3
         --set sparsity.every=2)
 done_runs=()
+if [ ! -f "$RUNS/rewa_base_1e-3/eval.json" ]; then  # the base strength without control
+  rewa train --config configs/cifar10_resnet20_rewa.yaml "${COMMON[@]}" \
+    --set output.name=rewa_base_1e-3 --resume "$@"
+fi
+done_runs+=("$RUNS/rewa_base_1e-3")
 for S in $TARGETS; do
   name="rewa_target_$S"
   if [ ! -f "$RUNS/$name/eval.json" ]; then

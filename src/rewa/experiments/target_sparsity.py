@@ -22,7 +22,13 @@ import torch
 from tqdm import tqdm
 
 from rewa.cliutil import nonneg_int, positive_float, positive_int
-from rewa.control import GAINS, SparsityController, TargetSparsity, sparse_group_knob
+from rewa.control import (
+    GAINS,
+    NO_LOOKAHEAD,
+    SparsityController,
+    TargetSparsity,
+    sparse_group_knob,
+)
 from rewa.data.synthetic import make_sparse_regression
 from rewa.errors import UsageError
 from rewa.experiments.linear import fit_linear, regression_metrics
@@ -78,7 +84,9 @@ def fit(method: str, target: float | None, seed: int, args, data, on_step=None) 
     def factory(params):
         opt = make_optimizer(method, params, args)
         if target is not None:
-            controller = SparsityController(target, threshold=THRESHOLD)
+            # the proximal step acts outside the momentum: no strength in flight to look ahead for
+            lookahead = 0.0 if method in NO_LOOKAHEAD else 2.0
+            controller = SparsityController(target, threshold=THRESHOLD, lookahead=lookahead)
             state["hook"] = TargetSparsity(
                 controller, sparse_group_knob(opt), params, every=args.every
             )
@@ -303,27 +311,30 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     evaluation = json.loads(evaluation_path.read_text())
     config = evaluation["config"]
     target, tau = config["sparsity"]["target"], config["sparsity"]["threshold"]
-    if not target:
-        raise UsageError(f"{run_dir} was not trained with a target sparsity")
     epochs = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
     last = epochs[-1]
     point = next((p for p in evaluation["sweep"] if p["threshold"] == tau), None)
     if point is None:
         raise UsageError(f"{run_dir}: the threshold sweep has no point at τ = {tau:g}")
-    loaded = checkpoint.load_latest_good(run_dir)
-    knob = loaded.payload["hooks"]["control"]["knob"] if loaded else {"base": [None]}
+    if target:
+        loaded = checkpoint.load_latest_good(run_dir)
+        base = loaded.payload["hooks"]["control"]["knob"]["base"][0] if loaded else None
+        final = last.get("control_strength")
+    else:  # an uncontrolled reference run: its own strength throughout
+        options = config["method"]["options"]
+        base = final = options.get("weight_decay", options.get("lam"))
     return {
         "run": run_dir.name,
-        "requested": target,
+        "requested": target or None,
         "achieved": point["sparsity"],
-        "error_points": 100 * (point["sparsity"] - target),
+        "error_points": 100 * (point["sparsity"] - target) if target else None,
         "exact_sparsity": evaluation["final"]["sparsity"],
         "val_acc": evaluation["final"].get("val_acc"),
         "test_acc": evaluation["final"].get("test_acc"),
         "val_acc_pruned": point.get("val_acc"),
         "test_acc_pruned": point.get("test_acc"),
-        "final_strength": last.get("control_strength"),
-        "base_strength": knob["base"][0],
+        "final_strength": final,
+        "base_strength": base,
         "threshold": tau,
         "epochs": config["schedule"]["epochs"],
         "split_sizes": evaluation["split_sizes"],
@@ -354,7 +365,8 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
             "",
             f"achieved = fraction of conv + linear weights with |x| <= {tau:g} at the end of "
             "training (the controller's measurement); *_pruned = accuracy after zeroing those "
-            "weights (the sparse model). Split sizes: "
+            "weights (the sparse model); a run without 'requested' is an uncontrolled reference "
+            "at its base strength. Split sizes: "
             + ", ".join(f"{k} {v:,}" for k, v in rows[0]["split_sizes"].items())
             + f". Last epoch of {rows[0]['epochs']}, never best-test.",
             "",
@@ -370,6 +382,7 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
                     if m is not None
                 )
                 for r in rows
+                if r["requested"]
             ),
             "",
         ]
