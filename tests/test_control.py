@@ -10,6 +10,7 @@ from torch import nn
 
 from rewa.control import (
     GAINS,
+    PROXIMAL,
     GroupKnob,
     OptionKnob,
     SparsityController,
@@ -272,8 +273,7 @@ def _controlled_regression(target: float, method: str, strength: float, seed: in
             opt = ReWA(params, lr=2e-2, K=9, M=2, weight_decay=strength)
         else:
             opt = ProxL1(params, lr=1e-3, l1=strength, momentum=0.9)
-        # the proximal step is outside the momentum: nothing in flight, no lookahead
-        controller = SparsityController(target, lookahead=2.0 if method == "rewa" else 0.0)
+        controller = SparsityController(target, **({} if method == "rewa" else PROXIMAL))
         holder["hook"] = TargetSparsity(controller, sparse_group_knob(opt), params, every=10)
         return opt
 

@@ -24,12 +24,12 @@ through Σ_t η_t·κ, see METHOD.md) and on the task. :class:`SparsityControlle
   the error is taken where it will be ``lookahead`` loop delays from now: ``e + lookahead · D · v``,
   ``v`` the averaged velocity of log10 of the magnitude at a fixed quantile (the weights' own
   motion) and ``D = (1/(1 − μ) + every) / total_steps`` the loop delay. Without it the bulk of a
-  CIFAR ResNet-20 kept falling after κ was cut and the run ended far too sparse. 0 for proximal ℓ1,
-  whose step acts outside the momentum;
+  CIFAR ResNet-20 kept falling after κ was cut and the run ended far too sparse;
 * **asymmetry**: over-sparsification is slow to undo (ReWA with ``M > 0``: a tiny weight regrows
   slowly, an exact zero never), so during the ramp being ahead of the schedule does not lower the
   integral (the strength is held), and once the target is S, errors toward "too sparse" count
-  ``backoff`` (3) times;
+  ``backoff`` (3) times. Proximal ℓ1 needs neither (:data:`PROXIMAL`): its soft threshold acts
+  outside the momentum and its zeros come back as soon as λ drops;
 * **PI law in log space** on the strength multiplier ``m`` (strength = base · m)::
 
       I ← clamp(I + k_i · e · Δprogress · w_t, log m_min, log m_max)   (none before the ramp)
@@ -127,6 +127,7 @@ class ControllerSettings:
     quantile_clip: float = 1.0
     lookahead: float = 2.0
     backoff: float = 3.0
+    hold_ahead: bool = True
 
     def validate(self) -> None:
         def fail(what: str) -> None:
@@ -191,6 +192,7 @@ class SparsityController:
         quantile_clip: float = 1.0,
         lookahead: float = 2.0,
         backoff: float = 3.0,
+        hold_ahead: bool = True,
     ) -> None:
         if signal == "auto":
             signal = "quantile" if threshold > 0 else "density"
@@ -208,6 +210,7 @@ class SparsityController:
             float(quantile_clip),
             float(lookahead),
             float(backoff),
+            bool(hold_ahead),
         )
         self.settings.validate()
         self.integral = 0.0  # log of the multiplier's integral part
@@ -271,7 +274,7 @@ class SparsityController:
         low, high = math.log(s.min_multiplier), math.log(s.max_multiplier)
         rate = min(max(float(rate), 0.0), 1.0)
         # during the ramp, being ahead of the schedule is no reason to lower the strength
-        integrand = max(error, 0.0) if progress < s.ramp_end else error
+        integrand = max(error, 0.0) if s.hold_ahead and progress < s.ramp_end else error
         self.integral = min(max(self.integral + s.ki * integrand * dp * rate, low), high)
         self.multiplier = math.exp(min(max(self.integral + s.kp * error, low), high))
         return self.multiplier
@@ -402,8 +405,10 @@ METHOD_KNOBS: dict[str, str] = {
     "l1": "lam of the l1 penalty",
     "lp": "lam of the lp penalty",
 }
-# Methods whose strength acts outside the momentum buffer (the proximal step comes after it):
-# nothing of an old strength is still in flight, so the controller does not look ahead.
+# Proximal ℓ1 acts outside the momentum buffer (the soft threshold comes after the step) and its
+# zeros come back when λ drops: nothing of an old strength is in flight and over-sparsification is
+# undone at once, so the controller neither looks ahead nor treats the two directions differently.
+PROXIMAL: dict[str, Any] = {"lookahead": 0.0, "backoff": 1.0, "hold_ahead": False}
 NO_LOOKAHEAD = ("l1-prox",)
 
 
@@ -596,12 +601,13 @@ def for_method(
         "quantile_clip",
         "lookahead",
         "backoff",
+        "hold_ahead",
     )
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown controller option {unknown[0]!r}; valid: {', '.join(valid)}")
     if method.name in NO_LOOKAHEAD:
-        options = {"lookahead": 0.0, **options}
+        options = {**PROXIMAL, **options}
     controller = SparsityController(
         target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
     )
@@ -612,6 +618,7 @@ __all__ = [
     "GAINS",
     "METHOD_KNOBS",
     "NO_LOOKAHEAD",
+    "PROXIMAL",
     "SIGNALS",
     "ControllerSettings",
     "GroupKnob",

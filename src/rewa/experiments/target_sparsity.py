@@ -25,6 +25,7 @@ from rewa.cliutil import nonneg_int, positive_float, positive_int
 from rewa.control import (
     GAINS,
     NO_LOOKAHEAD,
+    PROXIMAL,
     SparsityController,
     TargetSparsity,
     sparse_group_knob,
@@ -84,9 +85,8 @@ def fit(method: str, target: float | None, seed: int, args, data, on_step=None) 
     def factory(params):
         opt = make_optimizer(method, params, args)
         if target is not None:
-            # the proximal step acts outside the momentum: no strength in flight to look ahead for
-            lookahead = 0.0 if method in NO_LOOKAHEAD else 2.0
-            controller = SparsityController(target, threshold=THRESHOLD, lookahead=lookahead)
+            profile = PROXIMAL if method in NO_LOOKAHEAD else {}  # as control.for_method does
+            controller = SparsityController(target, threshold=THRESHOLD, **profile)
             state["hook"] = TargetSparsity(
                 controller, sparse_group_knob(opt), params, every=args.every
             )
