@@ -3,7 +3,7 @@
 # (5,000 training images, 6 epochs, evaluation on 1,000 val + 1,000 test images, one thread):
 # ReWA K=9 M=2 starting from weight decay 1e-3 (too weak for this budget, see the uncontrolled
 # reference run rewa_base_1e-3), the controller raising it so that training ends at S, for S in
-# 0.9 0.95 0.99.
+# 0.9 0.95 0.99; then each run pruned at 1e-3 with 3 epochs of masked fine-tuning (rewa prune).
 #   DATA=/path/to/cifar10 scripts/target_sparsity_cifar.sh [--set KEY=VALUE ...]
 set -euo pipefail
 DATA=${DATA:-data/cifar10}
@@ -25,6 +25,11 @@ for S in $TARGETS; do
   if [ ! -f "$RUNS/$name/eval.json" ]; then
     rewa train --config configs/cifar10_resnet20_rewa.yaml "${COMMON[@]}" --target-sparsity "$S" \
       --set output.name="$name" --resume "$@"
+  fi
+  # the sparse model: zero |x| <= 1e-3 (the controller's threshold), 3 epochs of masked fine-tuning
+  if [ ! -f "$RUNS/$name/pruned/prune.json" ]; then
+    rewa prune "$RUNS/$name" --threshold 1e-3 --finetune-epochs 3 --out "$RUNS/$name/pruned" \
+      --quiet --resume --set output.progress=false
   fi
   done_runs+=("$RUNS/$name")
 done

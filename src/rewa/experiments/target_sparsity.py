@@ -285,6 +285,8 @@ RUN_COLUMNS = [
     "test_acc_pruned",
     "final_strength",
     "base_strength",
+    "finetuned_sparsity",
+    "test_acc_finetuned",
 ]
 RUN_FORMATS = {
     "requested": ".2%",
@@ -297,7 +299,10 @@ RUN_FORMATS = {
     "test_acc_pruned": ".4f",
     "final_strength": ".3g",
     "base_strength": ".3g",
+    "finetuned_sparsity": ".2%",
+    "test_acc_finetuned": ".4f",
 }
+PRUNED_DIR = "pruned"  # where scripts/target_sparsity_cifar.sh puts `rewa prune` of each run
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
@@ -335,6 +340,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "test_acc_pruned": point.get("test_acc"),
         "final_strength": final,
         "base_strength": base,
+        **finetuned(run_dir / PRUNED_DIR),
         "threshold": tau,
         "epochs": config["schedule"]["epochs"],
         "split_sizes": evaluation["split_sizes"],
@@ -348,6 +354,21 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             )
             for r in epochs
         ],
+    }
+
+
+def finetuned(pruned_dir: Path) -> dict[str, Any]:
+    """Sparsity and test accuracy after `rewa prune ... --finetune-epochs N` of the run, if any."""
+    path = pruned_dir / "prune.json"
+    if not path.is_file():
+        return {}
+    result = json.loads(path.read_text())
+    tuned = result.get("finetune", {})
+    return {
+        "finetuned_sparsity": tuned.get("sparsity"),
+        "test_acc_finetuned": tuned.get("test_acc"),
+        "finetune_epochs": tuned.get("epochs"),
+        "prune_rule": result["pruned"]["rule"],
     }
 
 
@@ -365,8 +386,9 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
             "",
             f"achieved = fraction of conv + linear weights with |x| <= {tau:g} at the end of "
             "training (the controller's measurement); *_pruned = accuracy after zeroing those "
-            "weights (the sparse model); a run without 'requested' is an uncontrolled reference "
-            "at its base strength. Split sizes: "
+            "weights (the sparse model); *_finetuned = after `rewa prune` at that threshold and "
+            "masked fine-tuning (see prune.json of each run); a run without 'requested' is an "
+            "uncontrolled reference at its base strength. Split sizes: "
             + ", ".join(f"{k} {v:,}" for k, v in rows[0]["split_sizes"].items())
             + f". Last epoch of {rows[0]['epochs']}, never best-test.",
             "",
