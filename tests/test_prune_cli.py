@@ -93,6 +93,38 @@ def test_target_sparsity_config_errors_are_one_line(data_dir, tmp_path, capsys):
     assert "unknown controller option 'kd'" in capsys.readouterr().err
 
 
+def test_summarize_tabulates_requested_vs_achieved_and_the_finetuned_model(
+    data_dir, trained, tmp_path
+):
+    controlled = tmp_path / "target"
+    args = ["--config", TINY, "--run-dir", controlled, "--quiet", "--target-sparsity", "0.5",
+            *sets(data_dir, "sparsity.every=2", "schedule.epochs=3",
+                  "sparsity.controller={kp: 0.5, ki: 2.0}")]  # fmt: skip
+    assert run("train", *args) == 0
+    prune = ["prune", controlled, "--threshold", "1e-3", "--finetune-epochs", "1",
+             "--out", controlled / "pruned", "--quiet", "--set", "eval.plots=false"]  # fmt: skip
+    assert run(*prune) == 0
+    out = tmp_path / "report"
+    assert run("target-sparsity", "summarize", trained, controlled, "--out", out) == 0
+    rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    evaluation = json.loads((controlled / "eval.json").read_text())
+    at_tau = next(p for p in evaluation["sweep"] if p["threshold"] == 1e-3)
+    row = rows["target"]
+    assert row["requested"] == 0.5 and row["achieved"] == at_tau["sparsity"]
+    assert row["error_points"] == pytest.approx(100 * (at_tau["sparsity"] - 0.5))
+    assert row["test_acc_pruned"] == at_tau["test_acc"]
+    prune = json.loads((controlled / "pruned" / "prune.json").read_text())
+    assert row["test_acc_finetuned"] == prune["finetune"]["test_acc"]
+    assert row["final_strength"] > row["base_strength"] == 1e-3  # the controller raised κ
+    reference = rows["rewa"]
+    assert reference["requested"] is None and reference["final_strength"] == 1e-3
+    assert "test_acc_finetuned" not in reference
+    assert (out / "trajectories.png").stat().st_size > 0
+    lines = (out / "results.md").read_text().splitlines()
+    names = [ln.split("|")[1].strip() for ln in lines if ln.startswith("| ")]
+    assert names == ["run", "rewa", "target"]
+
+
 # ---------------------------------------------------------------- prune, fine-tune, export
 
 

@@ -410,8 +410,50 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
         ]
     )
     (out / "results.md").write_text(text)
+    if not args.no_plot and any(r["requested"] for r in rows):
+        runs_plot(out / "trajectories.png", [Path(d) for d in args.run_dirs], rows)
     echo(text)
     return rows
+
+
+def runs_plot(path: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) -> None:
+    """Each controlled run's measured vs scheduled density and its strength over training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rewa.train.rundir import read_metrics
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True)
+    for run_dir, row in zip(run_dirs, rows, strict=True):
+        if not row["requested"]:
+            continue
+        steps = [
+            r
+            for r in read_metrics(run_dir / "metrics.jsonl")
+            if r["kind"] == "step" and r.get("control_measured") is not None
+        ]
+        epoch = [r["epoch"] for r in steps]
+        (line,) = top.plot(
+            epoch,
+            [max(1 - r["control_measured"], 1e-4) for r in steps],
+            label=f"S = {row['requested']:g}",
+        )
+        top.plot(
+            epoch, [max(1 - r["control_target"], 1e-4) for r in steps], "--", color=line.get_color()
+        )
+        bottom.plot(epoch, [r["control_strength"] for r in steps], color=line.get_color())
+    top.set_yscale("log")
+    top.set_ylabel(f"density 1 − s (|x| > {rows[0]['threshold']:g})")
+    top.set_title("measured (solid) vs scheduled (dashed)", fontsize=9)
+    top.legend(fontsize=8)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("controlled strength (κ, λ, …)")
+    bottom.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- argparse
@@ -481,9 +523,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     summ = sub.add_parser(
         "summarize",
         help="requested vs achieved sparsity and accuracy of `rewa train --target-sparsity` runs",
+        description="Tabulate runs of `rewa train --target-sparsity S` (and uncontrolled reference "
+        "runs): requested vs achieved sparsity, accuracy before and after pruning at the "
+        "controller's threshold, and after `rewa prune` into RUN_DIR/pruned if present; writes "
+        "results.md/csv/json and trajectories.png.",
     )
     summ.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     summ.add_argument("--out", default="runs/target_sparsity_report", metavar="DIR")
+    summ.add_argument("--no-plot", action="store_true", help="skip trajectories.png")
     summ.set_defaults(func=lambda a: summarize_runs(a) and 0)
 
 
