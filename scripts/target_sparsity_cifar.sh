@@ -34,3 +34,8 @@ for S in $TARGETS; do
   done_runs+=("$RUNS/$name")
 done
 rewa target-sparsity summarize "${done_runs[@]}" --out "$OUT/cifar10_resnet20"
+for S in $TARGETS; do  # the per-layer allocation of each sparse model travels with the table
+  mkdir -p "$OUT/cifar10_resnet20/prune_$S"
+  cp "$RUNS/rewa_target_$S/pruned/prune.md" "$RUNS/rewa_target_$S/pruned/prune.json" \
+    "$OUT/cifar10_resnet20/prune_$S/"
+done

@@ -116,6 +116,7 @@ def test_summarize_tabulates_requested_vs_achieved_and_the_finetuned_model(
     prune = json.loads((controlled / "pruned" / "prune.json").read_text())
     assert row["test_acc_finetuned"] == prune["finetune"]["test_acc"]
     assert row["final_strength"] > row["base_strength"] == 1e-3  # the controller raised κ
+    assert [s["torch"] for s in row["training_sessions"]] == [torch.__version__]
     reference = rows["rewa"]
     assert reference["requested"] is None and reference["final_strength"] == 1e-3
     assert "test_acc_finetuned" not in reference

@@ -141,7 +141,7 @@ def run_linear(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]:
             rows.append(fit(method, target, seed, args, data, on_step=lambda: bar.update(1)))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = [{k: v for k, v in r.items() if k != "trace"} for r in rows]
+    table = [{k: v for k, v in r.items() if k not in ("trace", "training_sessions")} for r in rows]
     write_csv(out / "results.csv", table, LINEAR_COLUMNS)
     summary = summarize_linear(table)
     write_json(
@@ -308,7 +308,7 @@ PRUNED_DIR = "pruned"  # where scripts/target_sparsity_cifar.sh puts `rewa prune
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """One row for a run trained with ``sparsity.target``."""
     from rewa.train import checkpoint
-    from rewa.train.rundir import read_metrics
+    from rewa.train.rundir import RUN_INFO, read_metrics
 
     evaluation_path = run_dir / "eval.json"
     if not evaluation_path.is_file():
@@ -344,6 +344,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "threshold": tau,
         "epochs": config["schedule"]["epochs"],
         "split_sizes": evaluation["split_sizes"],
+        "training_sessions": _sessions(run_dir / RUN_INFO),
         "trace": [
             (
                 r["epoch"],
@@ -355,6 +356,11 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             for r in epochs
         ],
     }
+
+
+def _sessions(path: Path) -> list[dict[str, Any]]:
+    """The provenance (command, commit, hardware) of each session that trained the run."""
+    return json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
 
 
 def finetuned(pruned_dir: Path) -> dict[str, Any]:
@@ -376,7 +382,7 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
     rows = [run_summary(Path(d)) for d in args.run_dirs]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = [{k: v for k, v in r.items() if k != "trace"} for r in rows]
+    table = [{k: v for k, v in r.items() if k not in ("trace", "training_sessions")} for r in rows]
     write_csv(out / "results.csv", table, RUN_COLUMNS)
     write_json(out / "results.json", {"provenance": provenance(), "runs": rows})
     tau = rows[0]["threshold"]
