@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -23,6 +24,7 @@ from rewa.control import (
 )
 from rewa.data.synthetic import make_sparse_regression
 from rewa.experiments.linear import fit_linear
+from rewa.experiments.target_sparsity import METHODS
 from rewa.methods import build_method
 from rewa.optim import ReWA, param_groups
 from rewa.optim.prox import ProxL1
@@ -297,3 +299,16 @@ def test_rewa_on_sparse_regression_ends_at_the_target(target, one_thread):
 def test_proximal_l1_on_sparse_regression_ends_at_the_target(target, one_thread):
     achieved = _controlled_regression(target, "l1-prox", 1e-2, seed=1)
     assert abs(achieved - target) <= 0.005, achieved
+
+
+def test_linear_command_writes_one_row_per_method_target_and_seed(tmp_path, one_thread):
+    from rewa.cli import main
+
+    out = tmp_path / "linear"
+    argv = ["target-sparsity", "linear", "--d", "200", "--n", "100", "--k", "5", "--epochs", "4",
+            "--seeds", "2", "--targets", "0.5,0.9", "--out-dir", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((out / "results.json").read_text())["results"]
+    controlled = {(r["method"], r["requested"], r["seed"]) for r in rows if r["requested"]}
+    assert controlled == {(m, s, seed) for m in METHODS for s in (0.5, 0.9) for seed in (0, 1)}
+    assert (out / "trajectories.png").stat().st_size > 0

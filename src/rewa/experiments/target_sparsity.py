@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,34 +241,58 @@ def linear_markdown(args, rows, summary) -> str:
     )
 
 
-def trace_plot(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Measured and scheduled sparsity, and the strength multiplier, over training."""
+# one curve: (label, x, measured sparsity, scheduled sparsity, strength), aligned sequences
+Curve = tuple[str, Sequence[float], Sequence[float], Sequence[float], Sequence[float]]
+
+
+def trajectory_figure(
+    path: Path,
+    panels: dict[str, list[Curve]],
+    *,
+    density_label: str,
+    strength_label: str,
+    x_label: str,
+) -> None:
+    """One column per panel: measured (solid) vs scheduled (dashed) density on top, the
+    controlled strength below, both on log scales."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    controlled = [r for r in rows if r["requested"] is not None]
-    methods = sorted({r["method"] for r in controlled})
-    fig, axes = plt.subplots(2, len(methods), figsize=(5.5 * len(methods), 6), squeeze=False)
-    for col, method in enumerate(methods):
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.5 * len(panels), 6.5), squeeze=False)
+    for col, (title, curves) in enumerate(panels.items()):
         top, bottom = axes[0][col], axes[1][col]
-        for r in (r for r in controlled if r["method"] == method):
-            p, measured, target, mult = zip(*r["trace"], strict=True)
-            density = [max(1 - m, 1e-4) for m in measured]
-            (line,) = top.plot(p, density, label=f"S = {r['requested']:g}")
-            top.plot(p, [max(1 - t, 1e-4) for t in target], "--", color=line.get_color())
-            bottom.plot(p, mult, color=line.get_color())
+        for label, x, measured, target, strength in curves:
+            (line,) = top.plot(x, [max(1 - m, 1e-4) for m in measured], label=label)
+            top.plot(x, [max(1 - t, 1e-4) for t in target], "--", color=line.get_color())
+            bottom.plot(x, strength, color=line.get_color())
         top.set_yscale("log")
-        top.set_ylabel(f"density 1 − s (|β̂| > {THRESHOLD:g})")
-        top.set_title(f"{method}: measured (solid) vs scheduled (dashed)", fontsize=9)
+        top.set_ylabel(density_label)
+        top.set_title(f"{title}: measured (solid) vs scheduled (dashed)", fontsize=9)
         top.legend(fontsize=8)
         bottom.set_yscale("log")
-        bottom.set_ylabel("strength multiplier")
-        bottom.set_xlabel("progress")
+        bottom.set_ylabel(strength_label)
+        bottom.set_xlabel(x_label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def trace_plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Measured and scheduled sparsity, and the strength multiplier, over training."""
+    panels: dict[str, list[Curve]] = {}
+    for r in sorted((r for r in rows if r["requested"] is not None), key=lambda r: r["method"]):
+        progress, measured, target, multiplier = zip(*r["trace"], strict=True)
+        curve = (f"S = {r['requested']:g}", progress, measured, target, multiplier)
+        panels.setdefault(r["method"], []).append(curve)
+    trajectory_figure(
+        path,
+        panels,
+        density_label=f"density 1 − s (|β̂| > {THRESHOLD:g})",
+        strength_label="strength multiplier",
+        x_label="progress",
+    )
 
 
 # ---------------------------------------------------------------- runs of the trainer
@@ -275,6 +300,7 @@ def trace_plot(path: Path, rows: list[dict[str, Any]]) -> None:
 
 RUN_COLUMNS = [
     "run",
+    "method",
     "requested",
     "achieved",
     "error_points",
@@ -330,6 +356,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         base = final = options.get("weight_decay", options.get("lam"))
     return {
         "run": run_dir.name,
+        "method": config["method"]["name"],
         "requested": target or None,
         "achieved": point["sparsity"],
         "error_points": 100 * (point["sparsity"] - target) if target else None,
@@ -423,15 +450,11 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
 
 
 def runs_plot(path: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) -> None:
-    """Each controlled run's measured vs scheduled density and its strength over training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Each controlled run's measured vs scheduled density and its strength, one column a
+    method, from the step records of its metrics.jsonl."""
     from rewa.train.rundir import read_metrics
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True)
+    panels: dict[str, list[Curve]] = {}
     for run_dir, row in zip(run_dirs, rows, strict=True):
         if not row["requested"]:
             continue
@@ -440,26 +463,18 @@ def runs_plot(path: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) -> N
             for r in read_metrics(run_dir / "metrics.jsonl")
             if r["kind"] == "step" and r.get("control_measured") is not None
         ]
-        epoch = [r["epoch"] for r in steps]
-        (line,) = top.plot(
-            epoch,
-            [max(1 - r["control_measured"], 1e-4) for r in steps],
-            label=f"S = {row['requested']:g}",
+        curve = tuple(
+            [r[key] for r in steps]
+            for key in ("epoch", "control_measured", "control_target", "control_strength")
         )
-        top.plot(
-            epoch, [max(1 - r["control_target"], 1e-4) for r in steps], "--", color=line.get_color()
-        )
-        bottom.plot(epoch, [r["control_strength"] for r in steps], color=line.get_color())
-    top.set_yscale("log")
-    top.set_ylabel(f"density 1 − s (|x| > {rows[0]['threshold']:g})")
-    top.set_title("measured (solid) vs scheduled (dashed)", fontsize=9)
-    top.legend(fontsize=8)
-    bottom.set_yscale("log")
-    bottom.set_ylabel("controlled strength (κ, λ, …)")
-    bottom.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        panels.setdefault(row["method"], []).append((f"S = {row['requested']:g}", *curve))
+    trajectory_figure(
+        path,
+        panels,
+        density_label=f"density 1 − s (|x| > {rows[0]['threshold']:g})",
+        strength_label="controlled strength (κ, λ, …)",
+        x_label="epoch",
+    )
 
 
 # ---------------------------------------------------------------- argparse
