@@ -104,8 +104,13 @@ def test_summarize_tabulates_requested_vs_achieved_and_the_finetuned_model(
     prune = ["prune", controlled, "--threshold", "1e-3", "--finetune-epochs", "1",
              "--out", controlled / "pruned", "--quiet", "--set", "eval.plots=false"]  # fmt: skip
     assert run(*prune) == 0
+    # the l1 penalty's strength is an option (a float), ReWA's that of a parameter group (a list)
+    l1 = tmp_path / "l1"
+    l1_args = ["--config", TINY, "--run-dir", l1, "--quiet", "--target-sparsity", "0.5",
+               *sets(data_dir, "method.name=l1", "method.options={lam: 1.0e-4}")]  # fmt: skip
+    assert run("train", *l1_args) == 0
     out = tmp_path / "report"
-    assert run("target-sparsity", "summarize", trained, controlled, "--out", out) == 0
+    assert run("target-sparsity", "summarize", trained, controlled, l1, "--out", out) == 0
     rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     evaluation = json.loads((controlled / "eval.json").read_text())
     at_tau = next(p for p in evaluation["sweep"] if p["threshold"] == 1e-3)
@@ -120,10 +125,11 @@ def test_summarize_tabulates_requested_vs_achieved_and_the_finetuned_model(
     reference = rows["rewa"]
     assert reference["requested"] is None and reference["final_strength"] == 1e-3
     assert "test_acc_finetuned" not in reference
+    assert rows["l1"]["method"] == "l1" and rows["l1"]["base_strength"] == 1e-4
     assert (out / "trajectories.png").stat().st_size > 0
     lines = (out / "results.md").read_text().splitlines()
     names = [ln.split("|")[1].strip() for ln in lines if ln.startswith("| ")]
-    assert names == ["run", "rewa", "target"]
+    assert names == ["run", "rewa", "target", "l1"]
 
 
 # ---------------------------------------------------------------- prune, fine-tune, export

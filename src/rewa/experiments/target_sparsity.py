@@ -349,7 +349,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{run_dir}: the threshold sweep has no point at τ = {tau:g}")
     if target:
         loaded = checkpoint.load_latest_good(run_dir)
-        base = loaded.payload["hooks"]["control"]["knob"]["base"][0] if loaded else None
+        base = _base_strength(loaded.payload["hooks"]["control"]["knob"]) if loaded else None
         final = last.get("control_strength")
     else:  # an uncontrolled reference run: its own strength throughout
         options = config["method"]["options"]
@@ -383,6 +383,13 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             for r in epochs
         ],
     }
+
+
+def _base_strength(knob_state: dict[str, Any]) -> float:
+    """The strength the controller multiplies: one value (an option such as ℓ1's ``lam``) or
+    that of the first controlled parameter group."""
+    base = knob_state["base"]
+    return float(base[0] if isinstance(base, list) else base)
 
 
 def _sessions(path: Path) -> list[dict[str, Any]]:
