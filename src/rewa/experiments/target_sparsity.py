@@ -353,7 +353,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         final = last.get("control_strength")
     else:  # an uncontrolled reference run: its own strength throughout
         options = config["method"]["options"]
-        base = final = options.get("weight_decay", options.get("lam"))
+        base = final = options.get("lam", options.get("weight_decay"))  # the strength knob
     return {
         "run": run_dir.name,
         "method": config["method"]["name"],
