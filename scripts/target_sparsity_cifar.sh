@@ -17,7 +17,7 @@ METHODS=${METHODS:-"rewa l1 l1-prox"}
 JOBS=${JOBS:-2}  # runs side by side, one thread each
 COMMON=(--set data.data_dir="$DATA" --set data.limit_train=5000 --set data.limit_eval=1000
         --set schedule.epochs=6 --set train.threads=1 --set output.runs_root="$RUNS"
-        --set output.progress=false --set sparsity.every=2)
+        --set output.progress=false --set sparsity.every=2 --set output.log_every=5)
 declare -A CONFIG=([rewa]=cifar10_resnet20_rewa [l1]=cifar10_resnet20_l1 [l1-prox]=cifar10_resnet20_l1)
 declare -A KNOB=([rewa]=weight_decay [l1]=lam [l1-prox]=lam)
 declare -A BASE=([rewa]=1.0e-3 [l1]=1.0e-4 [l1-prox]=1.0e-4)  # YAML reads 1e-3 as a string

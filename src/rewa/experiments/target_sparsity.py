@@ -458,20 +458,22 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
 
 def runs_plot(path: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) -> None:
     """Each controlled run's measured vs scheduled density and its strength, one column a
-    method, from the step records of its metrics.jsonl."""
+    method, from its metrics.jsonl."""
     from rewa.train.rundir import read_metrics
 
     panels: dict[str, list[Curve]] = {}
     for run_dir, row in zip(run_dirs, rows, strict=True):
         if not row["requested"]:
             continue
-        steps = [
+        # step records where output.log_every gave them, and the end of every epoch
+        records = [
             r
             for r in read_metrics(run_dir / "metrics.jsonl")
-            if r["kind"] == "step" and r.get("control_measured") is not None
+            if r["kind"] in ("step", "epoch") and r.get("control_measured") is not None
         ]
+        records.sort(key=lambda r: r["epoch"])
         curve = tuple(
-            [r[key] for r in steps]
+            [r[key] for r in records]
             for key in ("epoch", "control_measured", "control_target", "control_strength")
         )
         panels.setdefault(row["method"], []).append((f"S = {row['requested']:g}", *curve))
