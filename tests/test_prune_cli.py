@@ -94,13 +94,14 @@ def test_target_sparsity_config_errors_are_one_line(data_dir, tmp_path, capsys):
 
 
 def test_summarize_tabulates_requested_vs_achieved_and_the_finetuned_model(
-    data_dir, trained, tmp_path
+    data_dir, trained, tmp_path, capsys
 ):
     controlled = tmp_path / "target"
     args = ["--config", TINY, "--run-dir", controlled, "--quiet", "--target-sparsity", "0.5",
             *sets(data_dir, "sparsity.every=2", "schedule.epochs=3",
                   "sparsity.controller={kp: 0.5, ki: 2.0}")]  # fmt: skip
     assert run("train", *args) == 0
+    assert "WARNING" not in capsys.readouterr().out
     prune = ["prune", controlled, "--threshold", "1e-3", "--finetune-epochs", "1",
              "--out", controlled / "pruned", "--quiet", "--set", "eval.plots=false"]  # fmt: skip
     assert run(*prune) == 0
@@ -109,6 +110,7 @@ def test_summarize_tabulates_requested_vs_achieved_and_the_finetuned_model(
     l1_args = ["--config", TINY, "--run-dir", l1, "--quiet", "--target-sparsity", "0.5",
                *sets(data_dir, "method.name=l1", "method.options={lam: 1.0e-4}")]  # fmt: skip
     assert run("train", *l1_args) == 0
+    assert "WARNING: 'l1' is a penalty applied by subgradient" in capsys.readouterr().out
     out = tmp_path / "report"
     assert run("target-sparsity", "summarize", trained, controlled, l1, "--out", out) == 0
     rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["runs"]}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from rewa.control import caution
 from rewa.errors import UsageError
 from rewa.methods import SparseMethod, build_method
 from rewa.models import build_model
@@ -229,6 +230,8 @@ class Trainer:
         for group in self.method.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.hooks = sparse_hooks.build(cfg, self.model, self.method)  # target sparsity, masks
+        if "control" in self.hooks and (warning := caution(self.method.name)):
+            self.echo(f"WARNING: {warning}")
         self.val_batches = eval_batches(cfg, self.data, "val", self.device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
 
