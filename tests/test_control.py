@@ -243,8 +243,9 @@ def test_for_method_scales_each_methods_strength(name, options, key):
     method = build_method(name, model, lr=0.1, options=options)
     hook = for_method(method, model, 0.9, every=1)
     assert hook.knob.key == key
-    assert hook.controller.settings.signal == "quantile"
-    assert hook.controller.settings.kp == GAINS["quantile"]["kp"]
+    signal = "density" if name == "l1-prox" else "quantile"  # exact zeros: the density signal
+    assert hook.controller.settings.signal == signal
+    assert hook.controller.settings.kp == GAINS[signal]["kp"]
     hook.knob.set(3.0)
     assert hook.knob.value() == pytest.approx(3e-3)
     if isinstance(hook.knob, OptionKnob):

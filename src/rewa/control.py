@@ -29,7 +29,8 @@ through Σ_t η_t·κ, see METHOD.md) and on the task. :class:`SparsityControlle
   slowly, an exact zero never), so during the ramp being ahead of the schedule does not lower the
   integral (the strength is held), and once the target is S, errors toward "too sparse" count
   ``backoff`` (3) times. Proximal ℓ1 needs neither (:data:`PROXIMAL`): its soft threshold acts
-  outside the momentum and its zeros come back as soon as λ drops;
+  outside the momentum and its zeros come back as soon as λ drops; its small weights being exact
+  zeros, it is steered by the density signal;
 * **PI law in log space** on the strength multiplier ``m`` (strength = base · m)::
 
       I ← clamp(I + k_i · e · Δprogress · w_t, log m_min, log m_max)   (none before the ramp)
@@ -425,7 +426,16 @@ def caution(method_name: str) -> str | None:
 # Proximal ℓ1 acts outside the momentum buffer (the soft threshold comes after the step) and its
 # zeros come back when λ drops: nothing of an old strength is in flight and over-sparsification is
 # undone at once, so the controller neither looks ahead nor treats the two directions differently.
-PROXIMAL: dict[str, Any] = {"lookahead": 0.0, "backoff": 1.0, "hold_ahead": False}
+# Its small weights are exact zeros, so the quantile at s* sits either in the zeros (error clipped
+# at −1 decade) or above τ: a bang-bang signal that swung λ by two decades between epochs of a
+# CIFAR-10 ResNet-20; the density signal (pure integral) follows the target there (95.03% and
+# 99.02% for 95 and 99%, against 95.04% and 98.95% with swings) and on the sparse regression.
+PROXIMAL: dict[str, Any] = {
+    "lookahead": 0.0,
+    "backoff": 1.0,
+    "hold_ahead": False,
+    "signal": "density",
+}
 NO_LOOKAHEAD = ("l1-prox",)
 
 
