@@ -142,7 +142,7 @@ def run_linear(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]:
             rows.append(fit(method, target, seed, args, data, on_step=lambda: bar.update(1)))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = [{k: v for k, v in r.items() if k not in ("trace", "training_sessions")} for r in rows]
+    table = [{k: v for k, v in r.items() if k != "trace"} for r in rows]
     write_csv(out / "results.csv", table, LINEAR_COLUMNS)
     summary = summarize_linear(table)
     write_json(
@@ -331,10 +331,9 @@ RUN_FORMATS = {
 PRUNED_DIR = "pruned"  # where scripts/target_sparsity_cifar.sh puts `rewa prune` of each run
 
 
-def run_summary(run_dir: Path) -> dict[str, Any]:
-    """One row for a run trained with ``sparsity.target``."""
-    from rewa.train import checkpoint
-    from rewa.train.rundir import RUN_INFO, read_metrics
+def run_summary(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for a run trained with ``sparsity.target`` (``records``: its metrics.jsonl)."""
+    from rewa.train.rundir import RUN_INFO
 
     evaluation_path = run_dir / "eval.json"
     if not evaluation_path.is_file():
@@ -342,18 +341,14 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     evaluation = json.loads(evaluation_path.read_text())
     config = evaluation["config"]
     target, tau = config["sparsity"]["target"], config["sparsity"]["threshold"]
-    epochs = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
     point = next((p for p in evaluation["sweep"] if p["threshold"] == tau), None)
     if point is None:
         raise UsageError(f"{run_dir}: the threshold sweep has no point at τ = {tau:g}")
-    if target:
-        loaded = checkpoint.load_latest_good(run_dir)
-        base = _base_strength(loaded.payload["hooks"]["control"]["knob"]) if loaded else None
-        final = last.get("control_strength")
-    else:  # an uncontrolled reference run: its own strength throughout
-        options = config["method"]["options"]
-        base = final = options.get("lam", options.get("weight_decay"))  # the strength knob
+    options = config["method"]["options"]
+    base = options.get("lam", options.get("weight_decay"))  # the strength the controller scales
+    final = last.get("control_strength") if target else base  # a reference run keeps its own
     return {
         "run": run_dir.name,
         "method": config["method"]["name"],
@@ -385,13 +380,6 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _base_strength(knob_state: dict[str, Any]) -> float:
-    """The strength the controller multiplies: one value (an option such as ℓ1's ``lam``) or
-    that of the first controlled parameter group."""
-    base = knob_state["base"]
-    return float(base[0] if isinstance(base, list) else base)
-
-
 def _sessions(path: Path) -> list[dict[str, Any]]:
     """The provenance (command, commit, hardware) of each session that trained the run."""
     return json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
@@ -413,7 +401,11 @@ def finetuned(pruned_dir: Path) -> dict[str, Any]:
 
 
 def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]:
-    rows = [run_summary(Path(d)) for d in args.run_dirs]
+    from rewa.train.rundir import read_metrics
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    metrics = [read_metrics(d / "metrics.jsonl") for d in run_dirs]
+    rows = [run_summary(d, records) for d, records in zip(run_dirs, metrics, strict=True)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = [{k: v for k, v in r.items() if k not in ("trace", "training_sessions")} for r in rows]
@@ -451,24 +443,22 @@ def summarize_runs(args: argparse.Namespace, echo=print) -> list[dict[str, Any]]
     )
     (out / "results.md").write_text(text)
     if not args.no_plot and any(r["requested"] for r in rows):
-        runs_plot(out / "trajectories.png", [Path(d) for d in args.run_dirs], rows)
+        runs_plot(out / "trajectories.png", metrics, rows)
     echo(text)
     return rows
 
 
-def runs_plot(path: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) -> None:
+def runs_plot(path: Path, metrics: list[list[dict[str, Any]]], rows: list[dict[str, Any]]) -> None:
     """Each controlled run's measured vs scheduled density and its strength, one column a
-    method, from its metrics.jsonl."""
-    from rewa.train.rundir import read_metrics
-
+    method, from its metrics.jsonl records."""
     panels: dict[str, list[Curve]] = {}
-    for run_dir, row in zip(run_dirs, rows, strict=True):
+    for run_records, row in zip(metrics, rows, strict=True):
         if not row["requested"]:
             continue
         # step records where output.log_every gave them, and the end of every epoch
         records = [
             r
-            for r in read_metrics(run_dir / "metrics.jsonl")
+            for r in run_records
             if r["kind"] in ("step", "epoch") and r.get("control_measured") is not None
         ]
         records.sort(key=lambda r: r["epoch"])
