@@ -220,15 +220,6 @@ def test_target_sparsity_measures_every_n_steps_and_at_the_end():
     }
 
 
-@pytest.fixture
-def one_thread():
-    # tiny matmuls: one thread is faster, and much faster on a shared, busy CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     ("name", "options", "key"),
     [

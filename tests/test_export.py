@@ -23,14 +23,7 @@ from rewa.export import (
 )
 from rewa.sparsity import prune_, sparsity_report
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: one thread is faster, and much faster on a shared, busy CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def small_cnn(seed: int = 0) -> nn.Module:

@@ -19,14 +19,7 @@ from rewa.masks import (
 from rewa.optim import ReWA, param_groups
 from rewa.sparsity import sparsifiable_parameters
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: one thread is faster, and much faster on a shared, busy CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def mlp(seed: int = 0) -> nn.Module:
