@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -68,7 +69,12 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = False
     compile: bool = False
-    bf16: bool = False  # bf16 autocast for the forward pass; parameters stay float32
+    # bf16 autocast for the forward pass (parameters stay float32): true, false, or auto = where
+    # the device computes bf16 natively (CUDA with bf16 support; a CPU with AVX512-BF16 or AMX).
+    # On a CPU without them bf16 is emulated and ~10x slower than float32.
+    bf16: bool | str = field(
+        default=False, metadata=_check(lambda v: v in (True, False, "auto"), "true, false or auto")
+    )
 
 
 @dataclass
@@ -189,6 +195,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _describe(kind: Any) -> str:
+    if isinstance(kind, types.UnionType):
+        return " or ".join(_describe(member) for member in typing.get_args(kind))
     origin = typing.get_origin(kind)
     if origin is list:
         return "a list of numbers"
@@ -205,6 +213,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             f"config key {key!r} must be {_describe(kind)}, got {value!r} ({type(value).__name__})"
         )
 
+    if isinstance(kind, types.UnionType):  # the first member that takes the value
+        for member in typing.get_args(kind):
+            try:
+                return _coerce(key, value, member)
+            except UsageError:
+                continue
+        raise bad()
     origin = typing.get_origin(kind)
     if origin is list:
         if not isinstance(value, list | tuple):

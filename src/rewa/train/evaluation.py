@@ -28,6 +28,23 @@ class Accuracy:
     n: int
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (not emulated, which is slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:  # AVX512-BF16 or AMX, as oneDNN sees them
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    """The ``model.bf16`` setting (true, false or "auto") resolved for ``device``."""
+    return native_bf16(device) if setting == "auto" else bool(setting)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast for the forward pass on ``device`` (parameters stay float32)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)

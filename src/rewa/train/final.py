@@ -22,7 +22,7 @@ from rewa.sparsity import DEFAULT_THRESHOLDS, SparsityReport, effective_weights,
 from rewa.train import checkpoint, distributed
 from rewa.train.config import Config, config_from_dict
 from rewa.train.datasets import split_size
-from rewa.train.evaluation import accuracy_at_sparsity, threshold_sweep
+from rewa.train.evaluation import accuracy_at_sparsity, threshold_sweep, use_bf16
 from rewa.train.rundir import CONFIG, EVAL_JSON, EVAL_MD, METRICS, read_metrics, stored_config
 from rewa.train.trainer import (
     build_model_and_method,
@@ -58,7 +58,7 @@ def final_evaluation(
             thresholds=cfg.thresholds,
             target_sparsities=targets,
             device=device,
-            bf16=config.model.bf16,
+            bf16=use_bf16(config.model.bf16, device),
             progress=lambda _: bar.update(1),
         )
     report = sparsity_report(model, sorted(set(DEFAULT_THRESHOLDS) | {LAYER_THRESHOLD}))

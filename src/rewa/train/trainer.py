@@ -32,7 +32,7 @@ from rewa.sparsity import sparsity_report, unwrap
 from rewa.train import checkpoint, distributed, sparse_hooks
 from rewa.train.config import Config, config_from_dict
 from rewa.train.datasets import eval_batches, load_data, train_batches
-from rewa.train.evaluation import autocast, evaluate
+from rewa.train.evaluation import autocast, evaluate, use_bf16
 from rewa.train.rundir import (
     CONFIG,
     EVAL_JSON,
@@ -217,6 +217,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = distributed.local_device(select_device(cfg.train.device))
+        self.bf16 = use_bf16(cfg.model.bf16, self.device)
         seed_everything(cfg.train.seed)
         self.data = load_data(cfg)
         self.model, self.method = build_model_and_method(cfg, self.data.num_classes, self.device)
@@ -294,6 +295,7 @@ class Trainer:
                 **provenance(),
                 "resumed_at_epoch": self.epoch if resumed else None,
                 "device": str(self.device),
+                "bf16": self.bf16,
                 "world_size": distributed.world_size(),
             }
         )
@@ -339,7 +341,7 @@ class Trainer:
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor, stats: EpochStats) -> None:
         self.faults.before_step(self.step)
         self.set_lr()
-        with autocast(self.device, self.config.model.bf16):
+        with autocast(self.device, self.bf16):
             logits = self.forward_model(inputs)
         loss = self.criterion(logits.float(), labels)
         penalty = self.method.penalty()
@@ -528,9 +530,7 @@ class Trainer:
             "time": time.time(),
         }
         if self.val_batches is not None:
-            val = evaluate(
-                self.model, self.val_batches, device=self.device, bf16=self.config.model.bf16
-            )
+            val = evaluate(self.model, self.val_batches, device=self.device, bf16=self.bf16)
             record.update(val_loss=val.loss, val_acc=val.accuracy)
         replicas = distributed.replica_check(self.model, self.method.optimizer)  # {} on 1 process
         if replicas.get("replicas_identical") is False:
