@@ -44,6 +44,14 @@ def _at_least(sparsity: float, named: list[tuple[str, Tensor]]) -> float:
     return 1.0 if k >= n else (k + 0.5) / n
 
 
+def zero_masked_state(optimizer: Optimizer, p: Tensor, pruned: Tensor) -> None:
+    """Zero the ``pruned`` entries of every state tensor of ``p`` shaped like ``p`` (momentum,
+    Adam moments, ReWA's ``y``); a tensor is written only when such an entry is nonzero."""
+    for value in optimizer.state.get(p, {}).values():
+        if isinstance(value, Tensor) and value.shape == p.shape and bool(value[pruned].any()):
+            value.masked_fill_(pruned, 0)
+
+
 class Masks:
     """Boolean keep-masks (True = kept) for named parameters."""
 
@@ -118,10 +126,7 @@ class Masks:
         for p, mask in self.parameters(model):
             pruned = ~mask
             if optimizer is not None:
-                for value in optimizer.state.get(p, {}).values():
-                    same_shape = isinstance(value, Tensor) and value.shape == p.shape
-                    if same_shape and bool(value[pruned].any()):
-                        value.masked_fill_(pruned, 0)
+                zero_masked_state(optimizer, p, pruned)
             if bool(p[pruned].any()):
                 p.masked_fill_(pruned, 0.0)
                 written += 1

@@ -373,19 +373,22 @@ class STRMethod(_TorchBaseMethod):
 
 class GMPMethod(_TorchBaseMethod):
     """Gradual magnitude pruning: SGD/AdamW with weight decay; sparsity ramped from ``initial`` to
-    ``target`` by the cubic schedule between ``start`` and ``end`` (fractions of training),
-    masks updated every ``frequency`` steps (``scope`` global or per layer). Masks are in
-    :meth:`state_dict`."""
+    ``target`` by the cubic schedule between ``start`` and ``end`` (fractions of training; by
+    default the ramp of the target-sparsity controller, after a short warmup), masks updated every
+    ``frequency`` steps (0: about 100 updates over the ramp) by magnitude over all layers
+    (``scope: global``) or the same fraction of every layer (``scope: layer``, Zhu & Gupta). The
+    run ends at ``target`` (ceil(target·n) weights pruned); pruned entries of the optimizer state
+    are zeroed with the weights. Masks are in :meth:`state_dict`."""
 
     name = "gmp"
     OPTIONS: ClassVar[dict[str, Any]] = {
         "target": 0.9,
         "initial": 0.0,
-        "start": 0.0,
-        "end": 0.75,
-        "frequency": 100,
+        "start": 0.05,
+        "end": 0.6,
+        "frequency": 0,
         "scope": "global",
-        "weight_decay": 1e-4,
+        "weight_decay": 5e-4,
         "other_weight_decay": 0.0,
     }
 
@@ -406,6 +409,11 @@ class GMPMethod(_TorchBaseMethod):
         except ValueError as err:
             raise UsageError(f"method 'gmp': {err}") from None
         self.sparse, self.other = split_parameters(self.model)
+
+    def make_optimizer(self) -> Optimizer:
+        optimizer = super().make_optimizer()
+        self.pruning.optimizer = optimizer  # pruned entries of its state are zeroed too
+        return optimizer
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.pruning.after_step(step, total_steps)

@@ -4,10 +4,16 @@ Between ``start`` and ``end`` (fractions of the training steps) the target spars
 
     s(t) = s_f + (s_i − s_f)·(1 − (t − t₀)/(t₁ − t₀))³    (t₀ ≤ t < t₁)
 
-and every ``frequency`` steps the smallest-magnitude weights (globally or per layer) are masked to
-reach s(t). Masks only grow (a pruned weight stays pruned) and are re-applied after every step, so
-the model always holds exact zeros where it is pruned. The masks are part of :meth:`state_dict`,
-so a resumed run continues with the same masks.
+with t the number of steps done, and every ``frequency`` steps the smallest-magnitude weights
+(globally, or per layer as in Zhu & Gupta) are masked to reach s(t): ceil(s·n) weights, the count
+an evaluation at sparsity s asks for. The last step always prunes to s_f, so a run ends at its
+target even with ``end = 1``. ``frequency = 0`` spreads about :data:`AUTO_UPDATES` mask updates
+over the ramp, whatever the run's length.
+
+Masks only grow (a pruned weight stays pruned) and are re-applied after every step together with
+the pruned entries of the optimizer's state (momentum, Adam moments): the model always holds exact
+zeros where it is pruned and no state can regrow a pruned weight. The masks are part of
+:meth:`state_dict`, so a resumed run continues with the same masks.
 """
 
 from __future__ import annotations
@@ -19,9 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torch.optim import Optimizer
+
+from rewa.masks import zero_masked_state
 from rewa.sparsity import sparsifiable_parameters
 
 SCOPES = ("global", "layer")
+AUTO_UPDATES = 100  # mask updates over the ramp when frequency = 0
 
 
 def cubic_sparsity(
@@ -33,9 +43,8 @@ def cubic_sparsity(
     start: float = 0.0,
     end: float = 0.75,
 ) -> float:
-    """The scheduled sparsity at ``step``: ``initial`` before ``start``, ``target`` after ``end``.
-
-    ``start`` and ``end`` are fractions of ``total_steps``.
+    """The scheduled sparsity after ``step`` steps: ``initial`` before ``start``, ``target``
+    from ``end`` on. ``start`` and ``end`` are fractions of ``total_steps``.
     """
     t0, t1 = start * total_steps, end * total_steps
     if step < t0:
@@ -83,7 +92,7 @@ class MagnitudePruner:
                 for n in names
             ]
         )
-        count = min(math.floor(sparsity * scores.numel() + 1e-9), scores.numel())
+        count = min(math.ceil(sparsity * scores.numel() - 1e-9), scores.numel())
         if count == 0:
             return
         keep = torch.ones_like(scores, dtype=torch.bool)
@@ -95,10 +104,12 @@ class MagnitudePruner:
             offset += size
 
     @torch.no_grad()
-    def apply(self) -> None:
-        """Zero every pruned weight."""
+    def apply(self, optimizer: Optimizer | None = None) -> None:
+        """Zero every pruned weight, and its entries of ``optimizer``'s state if given."""
         for name, w in self.weights.items():
             w.mul_(self.masks[name].to(w.dtype))
+            if optimizer is not None:
+                zero_masked_state(optimizer, w, ~self.masks[name])
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -138,8 +149,9 @@ class GradualPruning:
         initial: float = 0.0,
         start: float = 0.0,
         end: float = 0.75,
-        frequency: int = 100,
+        frequency: int = 0,
         scope: str = "global",
+        optimizer: Optimizer | None = None,
     ) -> None:
         if not (0.0 <= initial <= target < 1.0):
             raise ValueError(f"need 0 <= initial <= target < 1, got {initial}, {target}")
@@ -147,15 +159,23 @@ class GradualPruning:
             raise ValueError(
                 f"need 0 <= start <= end <= 1 (fractions of training), got {start}, {end}"
             )
-        if frequency < 1:
-            raise ValueError(f"frequency must be >= 1 step, got {frequency}")
+        if frequency < 0:
+            raise ValueError(f"frequency must be >= 1 step, or 0 for automatic, got {frequency}")
         self.target, self.initial = target, initial
         self.start, self.end, self.frequency = start, end, frequency
+        self.optimizer = optimizer
         self.pruner = MagnitudePruner(model, scope=scope)
 
+    def every(self, total_steps: int) -> int:
+        """Steps between mask updates (``frequency``, or automatic when it is 0)."""
+        if self.frequency:
+            return self.frequency
+        return max(1, round((self.end - self.start) * total_steps / AUTO_UPDATES))
+
     def scheduled(self, step: int, total_steps: int) -> float:
+        """The sparsity due once step ``step`` (counted from 0) is done."""
         return cubic_sparsity(
-            step,
+            step + 1,
             total_steps,
             target=self.target,
             initial=self.initial,
@@ -164,22 +184,21 @@ class GradualPruning:
         )
 
     def due(self, step: int, total_steps: int) -> bool:
-        """Whether the masks are updated after ``step``: every ``frequency`` steps from the start
-        of the ramp, and at the first step past its end."""
+        """Whether the masks are updated after ``step``: every :meth:`every` steps from the start
+        of the ramp, from its end on, and at the last step."""
+        done = step + 1
         t0 = math.ceil(self.start * total_steps)
-        if step < t0:
+        if done <= t0:
             return False
-        on_beat = (step - t0) % self.frequency == 0
-        past_end = step >= self.end * total_steps
-        return on_beat or past_end
+        on_beat = (done - t0) % self.every(total_steps) == 0
+        return on_beat or done >= self.end * total_steps or done >= total_steps
 
     def after_step(self, step: int, total_steps: int) -> None:
         if self.due(step, total_steps):
             sparsity = self.scheduled(step, total_steps)
             if sparsity > self.pruner.sparsity:
                 self.pruner.prune_to(sparsity)
-                return
-        self.pruner.apply()
+        self.pruner.apply(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         return self.pruner.state_dict()

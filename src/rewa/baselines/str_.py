@@ -71,7 +71,7 @@ def str_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parame
 def str_thresholds(model: nn.Module) -> dict[str, float]:
     """Layer name -> current threshold sigmoid(s)."""
     return {
-        name: float(soft.threshold())
+        name: float(soft.threshold().detach())
         for name, module in weight_modules(model)
         if (soft := _str_of(module)) is not None
     }
