@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
 from torch.optim import Optimizer
 
 from rewa.masks import zero_masked_state
