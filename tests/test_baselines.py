@@ -191,6 +191,33 @@ def test_spred_with_weight_decay_solves_the_lasso_on_a_scalar():
         assert float(lin.weight.detach()) == pytest.approx(expected, abs=1e-10)
 
 
+def test_spred_independent_init_can_change_sign_where_sqrt_init_cannot():
+    """min ½(uv + 1)² + (κ/2)(u² + v²) from w = +0.5: the sqrt init keeps u·v >= 0 (it stalls at
+    0), the independent init (v drawn apart from u) reaches the ℓ1 solution −0.7."""
+    kappa, a = 0.3, -1.0
+    ends = {}
+    for init in ("sqrt", "independent"):
+        torch.manual_seed(0)
+        lin = nn.Linear(1, 1, bias=False).double()
+        with torch.no_grad():
+            lin.weight.fill_(0.5)
+        apply_spred(lin, init)
+        u, v = spred_factors(lin)
+        if init == "independent":
+            u0, v0 = float(u.detach()), float(v.detach())
+            assert u0 == 0.5 and v0 != u0 and -1 <= v0 <= 1
+        opt = torch.optim.SGD(lin.parameters(), lr=0.2, weight_decay=kappa)
+        for _ in range(600):
+            opt.zero_grad()
+            (0.5 * (lin.weight - a) ** 2).sum().backward()
+            opt.step()
+        ends[init] = float(lin.weight.detach())
+    assert ends["sqrt"] >= 0 and ends["sqrt"] == pytest.approx(0.0, abs=1e-3)
+    assert ends["independent"] == pytest.approx(-0.7, abs=1e-8)
+    with pytest.raises(ValueError, match="init"):
+        apply_spred(small_net(), "orthogonal")
+
+
 # ---------------------------------------------------------------- STR
 
 

@@ -30,6 +30,7 @@ from torch.optim import Optimizer
 
 from rewa.baselines.gmp import SCOPES, GradualPruning
 from rewa.baselines.penalties import StabilityMonitor, l1_penalty, lp_penalty
+from rewa.baselines.spred import INITS as SPRED_INITS
 from rewa.baselines.spred import apply_spred, fold_spred, spred_factors
 from rewa.baselines.str_ import apply_str, fold_str, str_parameters
 from rewa.errors import UsageError
@@ -314,16 +315,23 @@ class LpMethod(_TorchBaseMethod):
 
 
 class SpredMethod(_TorchBaseMethod):
-    """Spred: every conv/linear weight reparameterized as u ⊙ v (sqrt init) and trained with
-    ordinary weight decay on u and v — ℓ1 with λ = weight_decay at minima. :meth:`fold` writes
-    x = u ⊙ v back as plain weights."""
+    """Spred: every conv/linear weight reparameterized as u ⊙ v and trained with ordinary weight
+    decay on u and v — ℓ1 with λ = weight_decay at minima. ``init``: ``sqrt`` (u ⊙ v = w, signs
+    frozen) or ``independent`` (the authors' code; see :class:`rewa.baselines.spred.Hadamard`).
+    :meth:`fold` writes x = u ⊙ v back as plain weights."""
 
     name = "spred"
-    OPTIONS: ClassVar[dict[str, Any]] = {"weight_decay": 1e-4, "other_weight_decay": 0.0}
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "weight_decay": 1e-4,
+        "other_weight_decay": 0.0,
+        "init": "sqrt",
+    }
 
     def prepare_model(self) -> None:
         self._nonneg("weight_decay", "other_weight_decay")
-        apply_spred(self.model)
+        init = self.options["init"]
+        self._require(init in SPRED_INITS, f"option init must be one of {', '.join(SPRED_INITS)}")
+        apply_spred(self.model, init)
 
     def make_optimizer(self) -> Optimizer:
         o = self.options
