@@ -162,6 +162,40 @@ def test_prune_writes_masks_allocation_and_accuracy(pruned):
     assert masks.sparsity == pytest.approx(facts["sparsity"]) and masks.check(model) == 0
 
 
+def test_prune_re_estimates_batchnorm_on_training_images(trained, tmp_path):
+    """--bn-recalibrate: the pruned model's BatchNorm statistics are recomputed from training
+    images (so they differ from the trained ones), both accuracies are reported, and pruned.pt
+    keeps the new statistics with the masks intact."""
+    out = tmp_path / "bn"
+    assert run("prune", trained, "--sparsity", "0.8", "--bn-recalibrate", "64", "--out", out,
+               "--quiet") == 0  # fmt: skip
+    facts = json.loads((out / "prune.json").read_text())["pruned"]
+    bn = facts["bn_recalibrated"]
+    assert bn["images"] == 64 and 0 <= bn["val_acc"] <= 1 and 0 <= bn["test_acc"] <= 1
+    assert "BatchNorm statistics re-estimated on 64" in (out / "prune.md").read_text()
+    stored = checkpoint.load(out / "pruned.pt")["model"]
+    trained_state = checkpoint.load(trained / checkpoint.LATEST)["model"]
+    assert not torch.equal(stored["bn1.running_mean"], trained_state["bn1.running_mean"])
+    masks = Masks.from_state_dict(checkpoint.load(out / "pruned.pt")["masks"])
+    assert masks.check(plain_model(read_source(out))) == 0
+
+
+def test_recalibrate_batchnorm_computes_the_average_batch_statistics():
+    from rewa.train.evaluation import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    batches = [(torch.randn(8, 3, 6, 6) * 3 + 1, None) for _ in range(4)]
+    assert recalibrate_batchnorm(net, batches, images=16) == 16  # stops after 16 images
+    assert net[1].momentum == 0.1 and not net.training
+    with torch.no_grad():
+        outs = [net[0](x) for x, _ in batches[:2]]
+    mean = torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0)
+    var = torch.stack([o.var((0, 2, 3)) for o in outs]).mean(0)  # unbiased, as BatchNorm keeps
+    torch.testing.assert_close(net[1].running_mean, mean)
+    torch.testing.assert_close(net[1].running_var, var)
+
+
 def test_masked_finetuning_keeps_the_masks(pruned):
     ft = json.loads((pruned / "prune.json").read_text())["finetune"]
     assert ft["masks_hold"] is True and ft["method"] == "dense" and ft["epochs"] == 1

@@ -132,6 +132,20 @@ def accuracies(model: nn.Module, config: Any, device: torch.device) -> dict[str,
     return out
 
 
+def recalibrated_accuracies(
+    model: nn.Module, config: Any, device: torch.device, images: int
+) -> dict[str, Any]:
+    """Re-estimate ``model``'s BatchNorm statistics on training images (the run's augmentation,
+    epoch 0 order) and measure the accuracies again."""
+    from rewa.train.datasets import load_data, train_batches
+    from rewa.train.evaluation import recalibrate_batchnorm
+
+    batches = train_batches(config, load_data(config), device)
+    batches.set_epoch(0)
+    used = recalibrate_batchnorm(model, batches, images)
+    return {"images": used, **accuracies(model, config, device)}
+
+
 def try_accuracies(model, config, device, echo) -> dict[str, float]:
     try:
         return accuracies(model, config, device)
@@ -184,6 +198,8 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
     for warning in warnings:
         echo(f"WARNING: {warning}")
     acc = {} if args.no_eval else try_accuracies(model, config, device, echo)
+    if args.bn_recalibrate and not resuming:
+        acc["bn_recalibrated"] = recalibrated_accuracies(model, config, device, args.bn_recalibrate)
     facts = {
         "source": str(source.path),
         "rule": f"global magnitude, sparsity {args.sparsity:g}"
@@ -201,6 +217,10 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
         payload = pruned_payload(model, masks, config.to_dict(), facts)
         checkpoint.atomic_write_bytes(out / PRUNED, checkpoint.encode(payload))
     result: dict[str, Any] = {"provenance": provenance(), "pruned": facts, "allocation": rows}
+    if resuming:  # the recalibrated statistics are in pruned.pt, measured when it was written
+        old = json.loads((out / "prune.json").read_text()) if (out / "prune.json").is_file() else {}
+        if "bn_recalibrated" in old.get("pruned", {}):
+            facts["bn_recalibrated"] = old["pruned"]["bn_recalibrated"]
     if args.finetune_epochs:
         result["finetune"] = finetune(source, config, out, args, echo)
     write_json(out / "prune.json", result)
@@ -283,6 +303,13 @@ def prune_markdown(result: dict[str, Any], warnings: list[str]) -> str:
             "Pruned model (no fine-tuning): " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()),
             "",
         ]
+    if "bn_recalibrated" in p:
+        b = p["bn_recalibrated"]
+        accs = ", ".join(f"{k} {v:.4f}" for k, v in b.items() if k.endswith("_acc"))
+        lines += [
+            f"BatchNorm statistics re-estimated on {b['images']:,} training images: {accs}",
+            "",
+        ]
     if "finetune" in result:
         f = result["finetune"]
         accs = ", ".join(f"{k} {v:.4f}" for k, v in f.items() if k.endswith("_acc"))
@@ -305,6 +332,11 @@ def prune_summary(result: dict[str, Any], out: Path) -> str:
     p = result["pruned"]
     accs = " ".join(f"{k} {v:.4f}" for k, v in p.items() if k.endswith("_acc"))
     text = f"pruned to {p['sparsity']:.2%} (was {p['sparsity_before']:.2%}) {accs}".rstrip()
+    if "bn_recalibrated" in p:
+        b = p["bn_recalibrated"]
+        text += "; BatchNorm re-estimated: " + " ".join(
+            f"{k} {v:.4f}" for k, v in b.items() if k.endswith("_acc")
+        )
     if "finetune" in result:
         f = result["finetune"]
         accs = " ".join(f"{k} {v:.4f}" for k, v in f.items() if k.endswith("_acc"))
@@ -530,6 +562,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--finetune-weight-decay", type=nonneg_float, default=5e-4, metavar="WD",
         help="weight decay of the dense fine-tuning",
+    )  # fmt: skip
+    p.add_argument(
+        "--bn-recalibrate", type=nonneg_int, default=0, metavar="IMAGES",
+        help="re-estimate BatchNorm statistics on this many training images after pruning "
+        "(reported beside the one-shot accuracy; the model in pruned.pt keeps them)",
     )  # fmt: skip
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -80,6 +80,37 @@ def evaluate(
     return Accuracy(loss / count, hits / count, int(count))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], images: int
+) -> int:
+    """Re-estimate every BatchNorm's running statistics from about ``images`` training images.
+
+    Pruning changes every layer's output statistics, so the running mean and variance kept from
+    training no longer fit. The statistics are reset and averaged over train-mode forward passes
+    (cumulative average, ``momentum=None``); nothing else changes. Returns the images used.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or images <= 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    seen = 0
+    for inputs, _ in batches:
+        model(inputs)
+        seen += len(inputs)
+        if seen >= images:
+            break
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return seen
+
+
 def sweep_thresholds(
     model: nn.Module, thresholds: Sequence[float], target_sparsities: Sequence[float]
 ) -> list[tuple[float, str]]:
