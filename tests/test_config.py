@@ -140,6 +140,49 @@ def test_published_recipe_config():
     assert (c.data.batch_size, c.train.label_smoothing) == (256, 0.1)
 
 
+STUDY = ["dense", "rewa", "l1prox", "l1", "gmp", "str", "spred"]
+
+
+def test_study_configs_differ_only_in_the_method():
+    """The full-scale CIFAR-10 ResNet-20 study compares methods on equal terms: identical data,
+    model, schedule, training and evaluation, and the same decay on biases and norm layers."""
+    configs = {m: load_config(ROOT / f"configs/cifar10_resnet20_{m}.yaml") for m in STUDY}
+    reference = configs["dense"].to_dict()
+    for name, config in configs.items():
+        values = config.to_dict()
+        for section in reference:
+            if section != "method":
+                assert values[section] == reference[section], (name, section)
+        method = values["method"]
+        assert (method["base"], method["lr"], method["momentum"]) == ("sgd", 0.1, 0.9), name
+        assert method["options"]["other_weight_decay"] == 5e-4, name
+    assert reference["data"]["val_size"] == 5000 and reference["data"]["limit_train"] == 0
+    assert reference["schedule"]["epochs"] >= 30
+    assert configs["gmp"].method.options["weight_decay"] == 5e-4  # the dense run's decay
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
+def test_bf16_takes_true_false_or_auto(value, expected):
+    assert load_config(None, [f"model.bf16={value}"]).model.bf16 == expected
+    with pytest.raises(UsageError, match="true, false or auto"):
+        load_config(None, ["model.bf16=sometimes"])
+    with pytest.raises(UsageError, match="must be true or false or a string"):
+        load_config(None, ["model.bf16=1"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_the_device(monkeypatch, native):
+    import torch
+
+    from rewa.train import evaluation
+
+    monkeypatch.setattr(evaluation, "_cpu_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert evaluation.use_bf16("auto", cpu) is native
+    assert evaluation.use_bf16(True, cpu) is True and evaluation.use_bf16(False, cpu) is False
+    assert evaluation.native_bf16(torch.device("meta")) is False
+
+
 def test_run_differences_ignore_output_and_eval():
     a = load_config(None).to_dict()
     b = load_config(None, ["output.progress=false", "eval.plots=false", "train.threads=2"])

@@ -28,16 +28,18 @@ class Accuracy:
     n: int
 
 
+def _cpu_native_bf16() -> bool:
+    try:  # AVX512-BF16 or AMX, as oneDNN sees them
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively (not emulated, which is slower than float32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:  # AVX512-BF16 or AMX, as oneDNN sees them
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
+    return device.type == "cpu" and _cpu_native_bf16()
 
 
 def use_bf16(setting: bool | str, device: torch.device) -> bool:
