@@ -15,6 +15,7 @@ COMMANDS = [
     "rewa.experiments.demo",
     "rewa.experiments.train_cli",
     "rewa.experiments.study_linear",
+    "rewa.experiments.study_cifar",
     "rewa.experiments.bench",
     "rewa.experiments.prune_cli",
     "rewa.experiments.target_sparsity",

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The full-scale CIFAR-10 ResNet-20 study (results/cifar10_resnet20/): dense, ReWA (K=9, M=2, SGD
+# base) at fixed strengths and steered to 90/95/98/99% (--target-sparsity), proximal l1, GMP and
+# STR, each trained for the same 30 epochs on 45,000 images (configs/cifar10_resnet20_*.yaml share
+# every block but `method`), one run after another with every core. Each sparse model is then
+# pruned by one global magnitude threshold to exactly S (`rewa prune --sparsity S`; S in 90/95/98/99%
+# for the fixed-strength runs, the run's own target for the steered and GMP runs) and reported three
+# ways: as pruned (the paper's protocol), after re-estimating BatchNorm statistics on BN_IMAGES
+# training images, and after FT_EPOCHS epoch(s) of masked fine-tuning.
+#
+#   DATA=/path/to/cifar10 scripts/cifar10_resnet20.sh        # everything; rerun to resume
+#   DATA=... ONLY="dense rewa_1e-4" scripts/cifar10_resnet20.sh
+#   COMMIT=1 ...                                             # git-commit each run's results
+#   EXTRA="--set data.limit_train=512 --set schedule.epochs=1" ...  # added to every rewa train
+#
+# Finished steps are skipped and an interrupted run resumes from its last checkpoint, so after an
+# interruption rerun the same command. Each run's config.yaml, run.json, metrics.jsonl, eval.json
+# and prune results are copied to $OUT/runs/NAME as the run ends (checkpoints stay in $RUNS).
+set -euo pipefail
+DATA=${DATA:-data/cifar10}
+RUNS=${RUNS:-runs/cifar10_resnet20}
+OUT=${OUT:-results/cifar10_resnet20}
+FT_EPOCHS=${FT_EPOCHS:-1}
+BN_IMAGES=${BN_IMAGES:-10000}
+ONLY=${ONLY:-}
+COMMIT=${COMMIT:-0}
+read -r -a EXTRA <<<"${EXTRA:-}"
+ALL="0.9 0.95 0.98 0.99"
+
+# NAME  CONFIG  PRUNE-AT  [rewa train arguments]    (in the order they run)
+STUDY=(
+  "dense            dense   all"
+  "rewa_1e-4        rewa    all   --set method.options.weight_decay=1.0e-4"
+  "l1prox_1e-4      l1prox  all   --set method.options.lam=1.0e-4"
+  "gmp_0.95         gmp     0.95  --set method.options.target=0.95"
+  "rewa_target_0.95 rewa    0.95  --target-sparsity 0.95 --set method.options.weight_decay=3.0e-5"
+  "rewa_3e-4        rewa    all   --set method.options.weight_decay=3.0e-4"
+  "l1prox_3e-4      l1prox  all   --set method.options.lam=3.0e-4"
+  "gmp_0.9          gmp     0.9   --set method.options.target=0.9"
+  "gmp_0.99         gmp     0.99  --set method.options.target=0.99"
+  "gmp_0.98         gmp     0.98  --set method.options.target=0.98"
+  "rewa_target_0.9  rewa    0.9   --target-sparsity 0.9 --set method.options.weight_decay=3.0e-5"
+  "rewa_target_0.99 rewa    0.99  --target-sparsity 0.99 --set method.options.weight_decay=3.0e-5"
+  "rewa_target_0.98 rewa    0.98  --target-sparsity 0.98 --set method.options.weight_decay=3.0e-5"
+  "str_5e-4         str     all   --set method.options.weight_decay=5.0e-4"
+)
+
+commit() {  # WHAT: commit $OUT alone (other staged or unstaged work is left as it is)
+  [ "$COMMIT" = 1 ] || return 0
+  git add -- "$OUT" && git commit -q -m "results/cifar10_resnet20: $1" -- "$OUT" \
+    || echo "WARNING: could not commit $1 (commit $OUT by hand)"
+}
+
+save() {  # NAME: copy the run's small files (not checkpoints) next to the table
+  local name=$1 dest="$OUT/runs/$1"
+  mkdir -p "$dest"
+  for f in config.yaml run.json metrics.jsonl eval.json eval.md; do
+    [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "$dest/"
+  done
+  for p in "$RUNS/$name"/prune_*; do
+    [ -f "$p/prune.json" ] || continue
+    mkdir -p "$dest/$(basename "$p")"
+    cp "$p/prune.json" "$p/prune.md" "$dest/$(basename "$p")/"
+  done
+}
+
+train() {  # NAME CONFIG [ARGS...]
+  local name=$1 config=$2; shift 2
+  [ -f "$RUNS/$name/eval.json" ] && return 0
+  echo "$(date -u +%FT%TZ) training $name"
+  rewa train --config "configs/cifar10_resnet20_$config.yaml" --resume \
+    --set data.data_dir="$DATA" --set output.runs_root="$RUNS" --set output.name="$name" \
+    --set output.progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$RUNS/$name.log" 2>&1 \
+    || { echo "FAILED: $name (see $RUNS/$name.log)"; return 1; }
+  save "$name" && commit "$name trained"
+}
+
+prune() {  # NAME S: prune to S, re-estimate BatchNorm, masked fine-tuning
+  local name=$1 s=$2 out="$RUNS/$1/prune_$2"
+  [ -f "$out/prune.json" ] && return 0
+  echo "$(date -u +%FT%TZ) pruning $name to $s"
+  rewa prune "$RUNS/$name" --sparsity "$s" --bn-recalibrate "$BN_IMAGES" \
+    --finetune-epochs "$FT_EPOCHS" --out "$out" --resume --quiet --data-dir "$DATA" \
+    --set output.progress=false --set eval.thresholds=[] --set eval.target_sparsities=[] \
+    >"$RUNS/$name.prune_$s.log" 2>&1 \
+    || { echo "FAILED: prune $name $s (see $RUNS/$name.prune_$s.log)"; return 1; }
+  save "$name" && commit "$name pruned to $s"
+}
+
+mkdir -p "$RUNS" "$OUT"
+failed=0
+for entry in "${STUDY[@]}"; do
+  read -r -a words <<<"$entry"
+  name=${words[0]} config=${words[1]} at=${words[2]}
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
+  train "$name" "$config" "${words[@]:3}" || { failed=1; continue; }
+  [ "$at" = all ] && at=$ALL
+  for s in $at; do prune "$name" "$s" || failed=1; done
+done
+[ "$failed" = 0 ] || { echo "some steps failed; rerun the same command to resume them"; exit 1; }
+rewa study cifar "$OUT/runs" --out "$OUT"
+commit "table and plot"

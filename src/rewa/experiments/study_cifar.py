@@ -1,0 +1,281 @@
+"""`rewa study cifar RUNS --out DIR`: table and plot of a CIFAR study (scripts/cifar10_resnet20.sh).
+
+``RUNS`` holds one folder per run with the files the script keeps of it: ``config.yaml``,
+``metrics.jsonl``, ``eval.json`` and ``prune_S/prune.json`` for each sparsity S it was pruned to
+(``rewa prune --sparsity S --bn-recalibrate N --finetune-epochs E``). Runs are grouped by method
+(fixed-strength ReWA and ReWA steered to a target are separate groups); for each group, sparsity
+and way of reporting (as pruned, BatchNorm re-estimated, fine-tuned) the run with the best
+*validation* accuracy is selected and its *test* accuracy reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rewa.errors import UsageError
+from rewa.provenance import provenance
+from rewa.report.tables import markdown_table, write_csv, write_json
+from rewa.train.config import parse_yaml
+
+WAYS = {"oneshot": "as pruned", "bn": "BatchNorm re-estimated", "ft": "masked fine-tuning"}
+GROUP_ORDER = ["dense", "rewa", "rewa-target", "l1-prox", "l1", "gmp", "str", "spred", "lp"]
+GROUP_LABELS = {
+    "dense": "dense, then pruned",
+    "rewa": "ReWA K=9 M=2 (fixed κ)",
+    "rewa-target": "ReWA K=9 M=2 (κ steered to S)",
+    "l1-prox": "ℓ1 proximal",
+    "l1": "ℓ1 subgradient",
+    "gmp": "GMP",
+    "str": "STR",
+    "spred": "Spred",
+    "lp": "direct ℓp",
+}
+STRENGTH = {"rewa": "weight_decay", "l1-prox": "lam", "l1": "lam", "str": "weight_decay"}
+CSV_COLUMNS = [
+    "group", "run", "strength", "target", "sparsity", "pruned_sparsity",
+    "val_oneshot", "test_oneshot", "val_bn", "test_bn", "val_ft", "test_ft",
+    "unpruned_val", "unpruned_test", "exact_zeros", "below_1e-3", "train_minutes",
+]  # fmt: skip
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """The facts of one run folder (its config, final evaluation, prune results, wall time)."""
+    eval_path = folder / "eval.json"
+    if not eval_path.is_file():
+        raise UsageError(f"{folder}: no eval.json (the run has not finished)")
+    evaluation = json.loads(eval_path.read_text())
+    config = evaluation.get("config") or parse_yaml((folder / "config.yaml").read_text(), "")
+    records = []
+    if (folder / "metrics.jsonl").is_file():
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        records = [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
+    prunes = {}
+    for path in sorted(folder.glob("prune_*/prune.json")):
+        prunes[path.parent.name.removeprefix("prune_")] = json.loads(path.read_text())
+    method = config["method"]
+    target = float((config.get("sparsity") or {}).get("target") or 0.0)
+    name = method["name"]
+    group = f"{name}-target" if target > 0 else name
+    strength_key = STRENGTH.get(name)
+    strength = method["options"].get(strength_key) if strength_key else None
+    if name == "gmp":
+        target = float(method["options"]["target"])
+    final = evaluation["final"]
+    return {
+        "run": folder.name,
+        "group": group,
+        "strength": strength,
+        "target": target or None,
+        "unpruned_val": final.get("val_acc"),
+        "unpruned_test": final.get("test_acc"),
+        "exact_zeros": final.get("sparsity"),
+        "below_1e-3": _below(evaluation, 1e-3),
+        "train_minutes": sum(r.get("epoch_seconds", 0.0) for r in records) / 60.0,
+        "epochs": len(records),
+        "prunes": prunes,
+        "provenance": evaluation.get("provenance"),
+        "config": config,
+    }
+
+
+def _below(evaluation: Mapping[str, Any], tau: float) -> float | None:
+    for point in evaluation.get("sweep", []):
+        if math.isclose(point.get("threshold", -1.0), tau, rel_tol=1e-9):
+            return point.get("sparsity")
+    return None
+
+
+def rows_of(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per sparsity the run was pruned to."""
+    rows = []
+    for s, result in sorted(run["prunes"].items(), key=lambda kv: float(kv[0])):
+        pruned = result["pruned"]
+        bn = pruned.get("bn_recalibrated") or {}
+        ft = result.get("finetune") or {}
+        rows.append(
+            {
+                **{k: run[k] for k in ("group", "run", "strength", "target")},
+                "sparsity": float(s),
+                "pruned_sparsity": pruned["sparsity"],
+                "val_oneshot": pruned.get("val_acc"),
+                "test_oneshot": pruned.get("test_acc"),
+                "val_bn": bn.get("val_acc"),
+                "test_bn": bn.get("test_acc"),
+                "val_ft": ft.get("val_acc"),
+                "test_ft": ft.get("test_acc"),
+                **{k: run[k] for k in ("unpruned_val", "unpruned_test", "exact_zeros")},
+                "below_1e-3": run["below_1e-3"],
+                "train_minutes": run["train_minutes"],
+            }
+        )
+    return rows
+
+
+def select(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, float, str], Mapping[str, Any]]:
+    """(group, sparsity, way) -> the row with the best validation accuracy of that way."""
+    chosen: dict[tuple[str, float, str], Mapping[str, Any]] = {}
+    for row in rows:
+        for way in WAYS:
+            val = row.get(f"val_{way}")
+            if val is None:
+                continue
+            key = (row["group"], row["sparsity"], way)
+            if key not in chosen or val > chosen[key][f"val_{way}"]:
+                chosen[key] = row
+    return chosen
+
+
+def _order(group: str) -> tuple[int, str]:
+    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def main_table(chosen: Mapping[tuple[str, float, str], Mapping[str, Any]], sparsities) -> str:
+    groups = sorted({g for g, _, _ in chosen}, key=_order)
+    rows = []
+    for group in groups:
+        row = {"method": GROUP_LABELS.get(group, group)}
+        for s in sparsities:
+            cells = [chosen.get((group, s, way)) for way in WAYS]
+            row[f"{s:.0%}"] = " / ".join(
+                _pct(c[f"test_{way}"]) if c else "–" for c, way in zip(cells, WAYS, strict=True)
+            )
+        rows.append(row)
+    return markdown_table(rows, ["method", *(f"{s:.0%}" for s in sparsities)])
+
+
+def selection_table(chosen, sparsities) -> str:
+    groups = sorted({g for g, _, _ in chosen}, key=_order)
+    rows = []
+    for group in groups:
+        for way, label in WAYS.items():
+            row = {"method": GROUP_LABELS.get(group, group), "way": label}
+            for s in sparsities:
+                c = chosen.get((group, s, way))
+                row[f"{s:.0%}"] = c["run"] if c else "–"
+            rows.append(row)
+    return markdown_table(rows, ["method", "way", *(f"{s:.0%}" for s in sparsities)])
+
+
+RUN_COLUMNS = [
+    "run", "group", "strength", "target", "unpruned_val", "unpruned_test", "exact_zeros",
+    "below_1e-3", "epochs", "train_minutes",
+]  # fmt: skip
+RUN_FORMATS = {
+    "unpruned_val": ".4f", "unpruned_test": ".4f", "exact_zeros": ".2%", "below_1e-3": ".2%",
+    "train_minutes": ".1f", "strength": ".3g", "target": ".2f",
+}  # fmt: skip
+
+
+def plot(path: Path, chosen, dense_test: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rewa.report.curves import _sparsity_axis
+
+    groups = sorted({g for g, _, _ in chosen}, key=_order)
+    fig, axes = plt.subplots(1, len(WAYS), figsize=(15, 4.6), sharey=True)
+    for ax, (way, label) in zip(axes, WAYS.items(), strict=True):
+        for group in groups:
+            points = sorted(
+                (row["pruned_sparsity"], row[f"test_{way}"])
+                for (g, _, w), row in chosen.items()
+                if g == group and w == way and row.get(f"test_{way}") is not None
+            )
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=4, label=GROUP_LABELS.get(group, group))
+        if dense_test is not None:
+            ax.axhline(dense_test, color="k", ls=":", lw=1, label="dense (unpruned)")
+        _sparsity_axis(ax)
+        ax.set_xlim(0.88, 0.995)
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (validation-selected run)")
+    axes[0].set_ylim(0, 1)
+    axes[-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Read every run folder of ``runs_dir``; write results.md/csv/json and the plot."""
+    folders = sorted(p for p in Path(runs_dir).iterdir() if (p / "eval.json").is_file())
+    if not folders:
+        raise UsageError(f"{runs_dir}: no finished runs (folders with eval.json)")
+    runs = [read_run(f) for f in folders]
+    rows = [row for run in runs for row in rows_of(run)]
+    chosen = select(rows)
+    sparsities = sorted({row["sparsity"] for row in rows})
+    dense = next((r for r in runs if r["group"] == "dense"), None)
+    dense_test = dense["unpruned_test"] if dense else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(out / "accuracy_sparsity.png", chosen, dense_test)
+    write_csv(out / "results.csv", rows, CSV_COLUMNS)
+    write_json(
+        out / "results.json",
+        {
+            "provenance": provenance(),
+            "selection": "per method, sparsity and way: best validation accuracy; test reported",
+            "rows": rows,
+            "runs": [{k: v for k, v in r.items() if k != "prunes"} for r in runs],
+        },
+    )
+    text = [
+        "Test accuracy (%) at exactly S global sparsity of the conv + linear weights: "
+        "**as pruned / BatchNorm re-estimated / after masked fine-tuning**. Each cell's run is "
+        "the one of its method with the best validation accuracy for that S and way (runs below).",
+        "",
+        main_table(chosen, sparsities),
+        "",
+        f"Dense (unpruned) test accuracy: {_pct(dense_test)}%." if dense else "",
+        "",
+        "## Selected runs",
+        "",
+        selection_table(chosen, sparsities),
+        "",
+        "## Every run (as trained)",
+        "",
+        markdown_table(runs, RUN_COLUMNS, RUN_FORMATS),
+        "",
+        "`exact_zeros`: exact zeros of the trained weights; `below_1e-3`: fraction |x| <= 1e-3; "
+        "`train_minutes`: sum of the epochs' wall time (evaluation excluded). Every (run, S) row, "
+        "with validation accuracies, is in results.csv.",
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(text))
+    return {"rows": rows, "chosen": chosen, "runs": runs}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from rewa.experiments.study import study_subparsers
+
+    p = study_subparsers(commands).add_parser(
+        "cifar",
+        help="tabulate a CIFAR study (scripts/cifar10_resnet20.sh): accuracy at 90-99%% sparsity",
+        description="Read the run folders of a CIFAR study (config, metrics, eval.json and the "
+        "prune_S/prune.json of `rewa prune --sparsity S --bn-recalibrate N --finetune-epochs E`), "
+        "select each method's run on validation accuracy per sparsity and way of reporting, and "
+        "write results.md, results.csv, results.json and accuracy_sparsity.png.",
+    )
+    p.add_argument("runs", metavar="RUNS", help="folder of run folders (e.g. OUT/runs)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the table and plot go")
+    p.set_defaults(func=_summarize)
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    result = summarize(args.runs, args.out)
+    print(f"{len(result['runs'])} runs, {len(result['rows'])} pruned models; wrote {args.out}")
+    return 0

@@ -1,0 +1,111 @@
+"""scripts/cifar10_resnet20.sh end to end at toy size (tiny model, generated CIFAR, one epoch):
+the runs it trains, the prune/BatchNorm/fine-tune results it keeps, resuming, and the table and
+plot of `rewa study cifar`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rewa.data.cifar import write_fake_cifar
+from rewa.train.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "cifar10_resnet20.sh"
+TOY = (
+    "--set model.name=tiny --set model.options.width=4 --set data.val_size=100 "
+    "--set data.batch_size=32 --set data.eval_batch_size=200 --set schedule.epochs=1 "
+    "--set schedule.warmup_epochs=0.2 --set train.threads=1 --set output.tensorboard=false "
+    "--set eval.plots=false"
+)
+ONLY = "dense rewa_1e-4 gmp_0.95 rewa_target_0.95"
+
+
+def run_script(tmp_path: Path, data: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DATA": str(data),
+        "RUNS": str(tmp_path / "runs"),
+        "OUT": str(tmp_path / "out"),
+        "EXTRA": TOY,
+        "ONLY": ONLY,
+        "BN_IMAGES": "64",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    return subprocess.run(
+        ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    data = write_fake_cifar(tmp / "cifar", n_train=400, n_test=100)
+    done = run_script(tmp, data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return tmp, data, done
+
+
+def test_script_trains_prunes_and_keeps_the_small_files(study):
+    tmp, _, _ = study
+    runs = tmp / "out" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == sorted(ONLY.split())
+    for name in ONLY.split():
+        for f in ("config.yaml", "run.json", "metrics.jsonl", "eval.json"):
+            assert (runs / name / f).is_file(), (name, f)
+        assert not list((runs / name).glob("*.pt"))  # checkpoints stay in RUNS
+    assert sorted(p.name for p in (runs / "dense").glob("prune_*")) == [
+        "prune_0.9", "prune_0.95", "prune_0.98", "prune_0.99",
+    ]  # fmt: skip
+    assert [p.name for p in (runs / "gmp_0.95").glob("prune_*")] == ["prune_0.95"]
+    result = json.loads((runs / "dense" / "prune_0.98" / "prune.json").read_text())
+    assert result["pruned"]["sparsity"] >= 0.98
+    assert result["pruned"]["bn_recalibrated"]["images"] == 64
+    assert result["finetune"]["masks_hold"] is True and result["finetune"]["epochs"] == 1
+    config = load_config(runs / "rewa_target_0.95" / "config.yaml")
+    assert config.sparsity.target == 0.95 and config.method.options["weight_decay"] == 3e-5
+
+
+def test_rerun_resumes_without_training_again(study):
+    tmp, data, _ = study
+    before = (tmp / "runs" / "dense" / "metrics.jsonl").read_text()
+    again = run_script(tmp, data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "training" not in again.stdout and "pruning" not in again.stdout
+    assert (tmp / "runs" / "dense" / "metrics.jsonl").read_text() == before
+
+
+def test_table_selects_on_validation_and_reports_test(study):
+    tmp, _, _ = study
+    out = tmp / "out"
+    text = (out / "results.md").read_text()
+    assert "as pruned / BatchNorm re-estimated / after masked fine-tuning" in text
+    for label in ("dense, then pruned", "ReWA K=9 M=2 (fixed κ)", "(κ steered to S)", "GMP"):
+        assert label in text
+    assert (out / "accuracy_sparsity.png").stat().st_size > 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 + 4 + 1 + 1  # dense and rewa at four sparsities, the others at one
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["provenance"]["commit"]
+    dense_90 = next(r for r in rows if r["run"] == "dense" and float(r["sparsity"]) == 0.9)
+    cell = next(ln for ln in text.splitlines() if "| dense, then pruned |" in ln)
+    oneshot = cell.split("|")[2].split("/")[0].strip()
+    assert oneshot == f"{100 * float(dense_90['test_oneshot']):.1f}"
+
+
+def test_selection_uses_validation_not_test():
+    from rewa.experiments.study_cifar import select
+
+    a = {"group": "rewa", "run": "a", "sparsity": 0.9, "val_oneshot": 0.80, "test_oneshot": 0.70}
+    b = {"group": "rewa", "run": "b", "sparsity": 0.9, "val_oneshot": 0.75, "test_oneshot": 0.90}
+    c = {"group": "rewa", "run": "c", "sparsity": 0.95, "val_oneshot": 0.5, "test_oneshot": 0.5}
+    chosen = select([a, b, c])
+    assert chosen[("rewa", 0.9, "oneshot")]["run"] == "a"
+    assert chosen[("rewa", 0.95, "oneshot")]["run"] == "c"
+    assert ("rewa", 0.9, "bn") not in chosen  # no BatchNorm numbers, no selection
