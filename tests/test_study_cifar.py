@@ -94,7 +94,7 @@ def test_table_selects_on_validation_and_reports_test(study):
     summary = json.loads((out / "results.json").read_text())
     assert summary["provenance"]["commit"]
     dense_90 = next(r for r in rows if r["run"] == "dense" and float(r["sparsity"]) == 0.9)
-    cell = next(ln for ln in text.splitlines() if "| dense, then pruned |" in ln)
+    cell = next(ln for ln in text.splitlines() if "dense, then pruned |" in ln)  # main table first
     oneshot = cell.split("|")[2].split("/")[0].strip()
     assert oneshot == f"{100 * float(dense_90['test_oneshot']):.1f}"
 
