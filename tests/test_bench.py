@@ -70,6 +70,21 @@ def test_bench_train_writes_results(tmp_path):
     assert (out / "train.md").exists() and (out / "train.csv").exists()
 
 
+def test_bench_precision_times_every_setting(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "precision", "--model", "tiny", "--batch-size", "4", "--steps", "1"]
+    argv += ["--reps", "2", "--threads", "1", "2", "--out-dir", str(out), "--quiet"]
+    threads = torch.get_num_threads()
+    assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # restored
+    result = json.loads((out / "precision.json").read_text())
+    combos = {(r["threads"], r["precision"], r["memory_format"]) for r in result["rows"]}
+    assert len(combos) == 8 == len(result["rows"])
+    assert max(r["vs_fastest"] for r in result["rows"]) == 1.0
+    assert all(r["images_per_s"] > 0 for r in result["rows"])
+    assert "native bf16" in (out / "precision.md").read_text()
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

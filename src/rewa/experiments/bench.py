@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from rewa.bench import optim as bench_optim
+from rewa.bench import precision as bench_precision
 from rewa.bench import train as bench_train
 from rewa.bench.shapes import PARAM_SETS
 from rewa.cliutil import nonneg_int, positive_int
@@ -116,6 +117,34 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser(
+        "precision",
+        help="training images/s under float32/bf16, contiguous/channels_last, thread counts",
+        description="Time training steps (forward + backward + SGD step, one fixed random "
+        "batch) of one model under every combination of --threads, --precisions and memory "
+        "format (contiguous, channels_last), interleaved; report images/s and the ratio to the "
+        "fastest setting.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--device", type=_device, default=_default_device(), help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--threads", type=nonneg_int, nargs="+", default=[0],
+        help="torch CPU thread counts to compare (0: torch's default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+        help="float32, and bf16 autocast of the forward pass",
+    )  # fmt: skip
+    p.add_argument("--model", choices=list(MODELS), default="resnet20", help="model")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
+    p.add_argument("--steps", type=positive_int, default=2, help="training steps per chunk")
+    p.add_argument("--reps", type=positive_int, default=3, help="timed chunks per setting")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed steps per setting")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    p.add_argument("--out-dir", default="runs/bench", help="where the JSON/CSV/markdown go")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.set_defaults(func=_precision)
+
 
 def _check_names(given: list[str] | None, valid: list[str], flag: str) -> None:
     for name in given or []:
@@ -142,6 +171,15 @@ def _train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(text)
         print(f"Wrote {args.out_dir}/train.json, train.csv, train.md")
+    return 0
+
+
+def _precision(args: argparse.Namespace) -> int:
+    result = bench_precision.run(args)
+    text = bench_precision.write(result, Path(args.out_dir))
+    if not args.quiet:
+        print(text)
+        print(f"Wrote {args.out_dir}/precision.json, precision.csv, precision.md")
     return 0
 
 
