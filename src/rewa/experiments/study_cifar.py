@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,18 @@ def read_run(folder: Path) -> dict[str, Any]:
         "exact_zeros": final.get("sparsity"),
         "below_1e-3": _below(evaluation, 1e-3),
         "train_minutes": sum(r.get("epoch_seconds", 0.0) for r in records) / 60.0,
+        "median_epoch_s": statistics.median(seconds)
+        if (seconds := _epoch_seconds(records))
+        else None,
         "epochs": len(records),
         "prunes": prunes,
         "provenance": evaluation.get("provenance"),
         "config": config,
     }
+
+
+def _epoch_seconds(records: Sequence[Mapping[str, Any]]) -> list[float]:
+    return [r["epoch_seconds"] for r in records if r.get("epoch_seconds")]
 
 
 def _below(evaluation: Mapping[str, Any], tau: float) -> float | None:
@@ -167,11 +175,11 @@ def selection_table(chosen, sparsities) -> str:
 
 RUN_COLUMNS = [
     "run", "group", "strength", "target", "unpruned_val", "unpruned_test", "exact_zeros",
-    "below_1e-3", "epochs", "train_minutes",
+    "below_1e-3", "epochs", "train_minutes", "median_epoch_s",
 ]  # fmt: skip
 RUN_FORMATS = {
     "unpruned_val": ".4f", "unpruned_test": ".4f", "exact_zeros": ".2%", "below_1e-3": ".2%",
-    "train_minutes": ".1f", "strength": ".3g", "target": ".2f",
+    "train_minutes": ".1f", "median_epoch_s": ".0f", "strength": ".3g", "target": ".2f",
 }  # fmt: skip
 
 
@@ -251,8 +259,9 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         markdown_table(runs, RUN_COLUMNS, RUN_FORMATS),
         "",
         "`exact_zeros`: exact zeros of the trained weights; `below_1e-3`: fraction |x| <= 1e-3; "
-        "`train_minutes`: sum of the epochs' wall time (evaluation excluded). Every (run, S) row, "
-        "with validation accuracies, is in results.csv.",
+        "`train_minutes`: sum of the epochs' wall time (evaluation excluded; it includes any time "
+        "the run was paused or shared the machine, which `median_epoch_s` does not). Every "
+        "(run, S) row, with validation accuracies, is in results.csv.",
         "",
     ]
     (out / "results.md").write_text("\n".join(text))
