@@ -18,7 +18,7 @@ from rewa.data.cifar import write_fake_cifar
 from rewa.errors import UsageError
 from rewa.train import checkpoint, load_config, train
 from rewa.train.rundir import RunLock
-from rewa.train.trainer import NonFiniteError
+from rewa.train.trainer import NonFiniteError, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -123,6 +123,20 @@ def test_nonfinite_stop_keeps_checkpoint_and_corrupt_latest_falls_back(
     assert any("corrupt or truncated" in m and "falling back" in m for m in messages)
     assert (root / "checkpoint.pt.corrupt").exists()
     assert_same_state(checkpoint.load(root / checkpoint.LATEST), reference[1])
+
+
+def test_deferred_nonfinite_check_stops_before_the_next_checkpoint(data_dir, tmp_path, monkeypatch):
+    """On a GPU the loop checks for non-finite steps only at log steps and epoch ends (no host
+    sync per step): a NaN step is still reported with its step, and no checkpoint is written
+    after it."""
+    monkeypatch.setattr(Trainer, "defer_host_syncs", lambda self: True)
+    monkeypatch.setenv("REWA_TEST_NONFINITE_STEPS", str(MID_EPOCH_3))
+    root = tmp_path / "run"
+    with pytest.raises(
+        NonFiniteError, match=rf"non-finite loss or gradient at epoch 3, step {MID_EPOCH_3}"
+    ):
+        train(config(data_dir), root, echo=silent)
+    assert checkpoint.load(root / checkpoint.LATEST)["epoch"] == 2
 
 
 def test_nonfinite_steps_are_skipped_and_counted(data_dir, tmp_path, monkeypatch):

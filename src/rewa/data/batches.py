@@ -106,10 +106,11 @@ class TensorBatches:
         n = len(self.labels)
         gen = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)  # one copy per epoch: no host-device copy per batch
         if self.augment:  # one draw per position of the epoch, shared by all ranks
-            params = crop_flip_params(n, self.padding, gen)
+            params = tuple(p.to(self.device) for p in crop_flip_params(n, self.padding, gen))
         for start, stop in self._ranges():
-            idx = order[start:stop].to(self.device)
+            idx = order[start:stop]
             images = self.images[idx]
             if self.augment:
                 top, left, flip = (p[start:stop] for p in params)

@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +167,47 @@ def config_of(payload: dict[str, Any]) -> Config:
 # ---------------------------------------------------------------- the trainer
 
 
+class DeferredCheck:
+    """The first step whose loss or a gradient was non-finite, kept on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((1,), -1, dtype=torch.int64, device=device)
+
+    def observe(self, flag: torch.Tensor, step: int) -> None:
+        self.first = torch.where((self.first < 0) & (flag > 0), step, self.first)
+
+    def first_bad(self) -> int | None:
+        """The first bad step on any rank since training started, or None (a host sync)."""
+        value = int(distributed.all_reduce_max(self.first.clone()).item())
+        return value if value >= 0 else None
+
+
+class Tally:
+    """Loss and accuracy sums kept on the device (reading them is a host sync, so the loop
+    reads them only at log steps and epoch ends)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.n = 0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.n += n
+
+    def read(self) -> tuple[float, int, int]:
+        """(loss sum, correct, count) over all ranks."""
+        loss, correct, n = distributed.sum_over_ranks(float(self.loss), int(self.correct), self.n)
+        return loss, int(correct), int(n)
+
+
 @dataclass
 class EpochStats:
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
+    epoch: Tally
+    window: Tally
     skipped: int = 0
     seconds: float = 0.0
-    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "n": 0})
 
 
 class Trainer:
@@ -201,6 +234,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.nonfinite_skipped = 0
         self.tensorboard = None
+        self.deferred: DeferredCheck | None = None
 
     def echo(self, text: str) -> None:
         if not self.main:
@@ -218,6 +252,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.device = distributed.local_device(select_device(cfg.train.device))
         self.bf16 = use_bf16(cfg.model.bf16, self.device)
+        self.deferred = DeferredCheck(self.device) if self.defer_host_syncs() else None
         seed_everything(cfg.train.seed)
         self.data = load_data(cfg)
         self.model, self.method = build_model_and_method(cfg, self.data.num_classes, self.device)
@@ -318,14 +353,40 @@ class Trainer:
             group["lr"] = group["initial_lr"] * factor
         return self.method.optimizer.param_groups[0]["lr"]
 
-    def nonfinite(self, loss: torch.Tensor) -> bool:
+    def nonfinite_flag(self, loss: torch.Tensor) -> torch.Tensor:
+        """1.0 (on the device, not read) where the loss or a gradient is non-finite, else 0.0."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         worst = loss.detach().float().abs().reshape(1)
         if grads:
             norms = torch._foreach_norm(grads, float("inf"))
             worst = torch.cat([worst, torch.stack(norms).float()])
-        flag = (~torch.isfinite(worst)).any().to(torch.float32).reshape(1)
-        return bool(distributed.all_reduce_max(flag).item())
+        return (~torch.isfinite(worst)).any().to(torch.float32).reshape(1)
+
+    def nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss or a gradient is non-finite on any rank (a host sync)."""
+        return bool(distributed.all_reduce_max(self.nonfinite_flag(loss)).item())
+
+    def defer_host_syncs(self) -> bool:
+        """Whether to check for non-finite steps only at log steps and epoch ends (on a GPU a
+        per-step check stalls the pipeline). Skipping bad steps needs the per-step check."""
+        return self.device.type == "cuda" and not self.config.train.skip_nonfinite
+
+    def raise_if_nonfinite(self) -> None:
+        """With deferred checks: stop if a step since the last check was non-finite. The check
+        comes before any checkpoint is written, so the last good checkpoint stays intact."""
+        if self.deferred is None:
+            return
+        bad_step = self.deferred.first_bad()
+        if bad_step is None:
+            return
+        last = self.root / checkpoint.LATEST
+        kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint"
+        epoch = bad_step // self.steps_per_epoch + 1
+        raise NonFiniteError(
+            f"non-finite loss or gradient at epoch {epoch}, step {bad_step} (found at step "
+            f"{self.step}); training stopped ({kept}). Lower the learning rate, or set "
+            "train.skip_nonfinite=true to skip such steps (counted in metrics.jsonl)"
+        )
 
     def nonfinite_names(self, loss: torch.Tensor) -> str:
         names = [
@@ -350,7 +411,9 @@ class Trainer:
         total.backward()
         if self.step in self.faults.nonfinite_steps:
             next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.nan)
-        if self.nonfinite(total):
+        if self.deferred is not None:
+            self.deferred.observe(self.nonfinite_flag(total), self.step)
+        if self.deferred is None and self.nonfinite(total):
             self.handle_nonfinite(total)
             stats.skipped += 1
         else:
@@ -360,14 +423,11 @@ class Trainer:
         self.step += 1
         with torch.no_grad():
             n = labels.numel()
-            correct = int((logits.argmax(1) == labels).sum())
-            loss_value = float(loss) if math.isfinite(float(loss)) else 0.0
-        stats.loss_sum += loss_value * n
-        stats.correct += correct
-        stats.seen += n
-        stats.window["loss"] += loss_value * n
-        stats.window["correct"] += correct
-        stats.window["n"] += n
+            correct = (logits.argmax(1) == labels).sum()
+            value = loss.detach().double()
+            loss_sum = torch.where(torch.isfinite(value), value, 0.0) * n
+        stats.epoch.add(loss_sum, correct, n)
+        stats.window.add(loss_sum, correct, n)
 
     def handle_nonfinite(self, loss: torch.Tensor) -> None:
         what = self.nonfinite_names(loss)
@@ -453,7 +513,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         self.train_batches.set_epoch(self.epoch)
-        stats = EpochStats()
+        stats = EpochStats(Tally(self.device), Tally(self.device))
         bar = tqdm(
             total=self.steps_per_epoch,
             desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}",
@@ -464,25 +524,25 @@ class Trainer:
             leave=False,
         )
         start = time.perf_counter()
-        sparsity = self.exact_sparsity()
         for i, (inputs, labels) in enumerate(self.train_batches):
             self.train_step(inputs, labels, stats)
             bar.update(1)
-            if (i + 1) % cfg.output.log_every == 0:
-                record = self.step_record(stats, (i + 1) / self.steps_per_epoch)  # collective
-                if self.main:
-                    MetricsLog(self.root / METRICS).append(record)
-                sparsity = self.exact_sparsity()
-            if (i + 1) % 10 == 0 or i + 1 == self.steps_per_epoch:
+            last = i + 1 == self.steps_per_epoch
+            if (i + 1) % cfg.output.log_every == 0 or last:  # the only host syncs of the loop
+                self.raise_if_nonfinite()
+                if not last:
+                    record = self.step_record(stats, (i + 1) / self.steps_per_epoch)  # collective
+                    if self.main:
+                        MetricsLog(self.root / METRICS).append(record)
+                loss_sum, correct, seen = stats.epoch.read()
                 elapsed = time.perf_counter() - start
                 done = session_steps + i + 1
                 remaining = self.total_steps - self.step
                 eta = (time.perf_counter() - session_start) / done * remaining
-                images = stats.seen * distributed.world_size()  # all ranks together
                 bar.set_postfix_str(
-                    f"loss {stats.loss_sum / max(stats.seen, 1):.3f} "
-                    f"acc {stats.correct / max(stats.seen, 1):.3f} sparsity {sparsity:.1%} "
-                    f"{images / elapsed:.0f} img/s ETA {format_seconds(eta)}",
+                    f"loss {loss_sum / max(seen, 1):.3f} acc {correct / max(seen, 1):.3f} "
+                    f"sparsity {self.exact_sparsity():.1%} {seen / elapsed:.0f} img/s "
+                    f"ETA {format_seconds(eta)}",
                     refresh=False,
                 )
         stats.seconds = time.perf_counter() - start
@@ -493,8 +553,7 @@ class Trainer:
         return sparsity_report(self.model, ()).sparsity
 
     def step_record(self, stats: EpochStats, fraction: float) -> dict[str, Any]:
-        w = stats.window
-        loss_sum, correct, n = distributed.sum_over_ranks(w["loss"], w["correct"], w["n"])
+        loss_sum, correct, n = stats.window.read()
         record = {
             "kind": "step",
             "epoch": self.epoch + fraction,
@@ -504,14 +563,13 @@ class Trainer:
             "train_acc": correct / max(n, 1),
             **sparse_hooks.metrics(self.hooks),
         }
-        stats.window = {"loss": 0.0, "correct": 0, "n": 0}
+        stats.window = Tally(self.device)
         return record
 
     def epoch_record(self, stats: EpochStats) -> dict[str, Any]:
         distributed.sync_buffers(self.model)  # one model everywhere for evaluation and checkpoints
-        loss_sum, correct, seen, skipped = distributed.sum_over_ranks(
-            stats.loss_sum, stats.correct, stats.seen, stats.skipped
-        )
+        loss_sum, correct, seen = stats.epoch.read()
+        (skipped,) = distributed.sum_over_ranks(stats.skipped)
         report = sparsity_report(self.model, TRAIN_THRESHOLDS)
         record: dict[str, Any] = {
             "kind": "epoch",
