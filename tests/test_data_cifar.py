@@ -178,3 +178,34 @@ def test_fake_data_is_learnable_signal(fake10):
     xt = data.test_images.float().mean(dim=(2, 3))
     pred = torch.cdist(xt, means).argmin(1)
     assert (pred == data.test_labels).float().mean() > 0.5
+
+
+def test_jpeg_transport_round_trip_keeps_labels_splits_and_pixels_close(tmp_path):
+    """pack/unpack (the way CIFAR travels to a lent GPU machine): the unpacked folder loads like
+    the original, with the same labels and class names, and pixels within the recorded JPEG
+    error."""
+    from rewa.data.transport import main as transport
+
+    source = write_fake_cifar(tmp_path / "src", n_train=50, n_test=20)
+    packed = tmp_path / "cifar.npz"
+    assert transport(["pack", str(source), str(packed)]) == 0
+    assert transport(["unpack", str(packed), str(tmp_path / "dst")]) == 0
+    a = load_cifar("cifar10", source, download=False, val_size=10)
+    b = load_cifar("cifar10", tmp_path / "dst", download=False, val_size=10)
+    assert torch.equal(a.train_labels, b.train_labels) and torch.equal(a.test_labels, b.test_labels)
+    assert a.classes == b.classes
+
+    def pixels(d):
+        return torch.cat([d.train_images, d.val_images, d.test_images]).float()
+
+    error = float((pixels(a) - pixels(b)).abs().mean())
+    with np.load(packed) as z:
+        assert float(z["mean_abs_error"]) == pytest.approx(error, rel=1e-6)
+    assert 0 < error < 20  # the fake images are noisy; CIFAR's own JPEG copy moves 0.15
+
+
+def test_jpeg_transport_errors_are_one_line(tmp_path, capsys):
+    from rewa.data.transport import main as transport
+
+    assert transport(["pack", str(tmp_path / "missing"), str(tmp_path / "x.npz")]) == 2
+    assert "missing" in capsys.readouterr().err
