@@ -115,7 +115,8 @@ EOF
     echo "time left $(left) s fits $FIT epochs, not $EPOCHS" | tee -a "$OUT/stages.txt"
     EPOCHS=$(( FIT > 1 ? FIT : 1 ))
   fi
-  TRAIN=(--set schedule.epochs="$EPOCHS" --set model.compile="$COMPILE")
+  TRAIN=(--set schedule.epochs="$EPOCHS" --set model.compile="$COMPILE"
+         --set output.checkpoint_every=10)  # a ResNet-18 checkpoint is ~135 MB
 fi
 stage train "${REWA[@]}" train --config configs/cifar10_resnet18_rewa.yaml --force \
   --set data.data_dir="$DATA_DIR" --set train.device="$DEVICE" --set output.runs_root="$RUNS" \
