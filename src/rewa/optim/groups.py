@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.nn.utils import parametrize
 
-from rewa.sparsity import sparsifiable_parameters
+from rewa.sparsity import weight_modules
 
 # Hyperparameters that turn ReWA into plain SGD/AdamW (x = y, scale 1).
 PLAIN = {"K": 1.0, "M": 0.0, "eps": 0.0}
@@ -38,7 +39,7 @@ def param_groups(
     if all_params:
         params = _unique(p for p in model.parameters() if p.requires_grad)
         return [{"params": params, "name": "rewa", **sparse_options}] if params else []
-    sparse = _unique(p for _, p in sparsifiable_parameters(model) if p.requires_grad)
+    sparse = _unique(p for p in weight_sources(model) if p.requires_grad)
     sparse_ids = {id(p) for p in sparse}
     other = _unique(p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids)
     groups = []
@@ -49,6 +50,25 @@ def param_groups(
             {"params": other, "name": "plain", **PLAIN, "weight_decay": other_weight_decay}
         )
     return groups
+
+
+def weight_sources(model: nn.Module) -> list[nn.Parameter]:
+    """The parameter behind each conv/linear weight: the weight itself, or, when the weight is
+    computed from one parameter by a mask, the parameter it is computed from —
+    ``weight_orig`` under ``torch.nn.utils.prune``, ``parametrizations.weight.original`` under a
+    single-input ``torch.nn.utils.parametrize`` parametrization. ReWA trains that parameter and
+    the mask keeps the pruned weights at zero. (Spred's two factors are not such a parameter.)"""
+    out = []
+    for _, m in weight_modules(model):
+        if parametrize.is_parametrized(m, "weight"):
+            original = getattr(m.parametrizations.weight, "original", None)
+            if isinstance(original, nn.Parameter):
+                out.append(original)
+        elif isinstance(getattr(m, "weight_orig", None), nn.Parameter):
+            out.append(m.weight_orig)
+        elif isinstance(m.weight, nn.Parameter):
+            out.append(m.weight)
+    return out
 
 
 def _unique(params):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -70,6 +70,35 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
         check(name, abs(real(name)) != float("inf") and real(name) == real(name), "a finite number")
 
 
+def _fingerprints(ts: list[Tensor]) -> list[Tensor]:
+    """Per tensor (ℓ1 norm, number of nonzeros), float64: a write that zeroes entries changes
+    the count even when the entries are too small to change the norm."""
+    norms = torch._foreach_norm(ts, 1)
+    counts = [t.count_nonzero() for t in ts]
+    return [torch.stack([n.double(), c.double()]) for n, c in zip(norms, counts, strict=True)]
+
+
+def _differ(a: list[Tensor], b: list[Tensor]) -> list[bool]:
+    """a[i] != b[i] (anywhere) for small tensors, read with one host sync per device."""
+    out = [False] * len(a)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, t in enumerate(a):
+        by_device[t.device].append(i)
+    for rows in by_device.values():
+        now, then = torch.stack([a[i] for i in rows]), torch.stack([b[i] for i in rows])
+        for i, flag in zip(rows, (now != then).any(1).tolist(), strict=True):
+            out[i] = flag
+    return out
+
+
+class _Written(NamedTuple):
+    """A parameter (its local shard) as the optimizer left it."""
+
+    version: int
+    data_ptr: int
+    norm: Tensor | None  # (ℓ1 norm, nonzeros), when writes through .data are detected
+
+
 class ReWA(Optimizer):
     r"""ReWA: train ``x = sign(y)|y|^K`` with weight decay on ``y``, gradient scaled by ``|y|^M``.
 
@@ -82,8 +111,13 @@ class ReWA(Optimizer):
 
     The hidden variable ``y`` is kept in ``self.state[p]["y"]`` (float32, or float64 for float64
     parameters) so that ``p`` is always exactly ``sign(y)|y|^K`` and a step with ``lr=0`` leaves
-    ``p`` bit-for-bit unchanged. If a parameter is changed outside the optimizer (pruning,
-    ``load_state_dict`` on the model), ``y`` is recomputed from it at the next step.
+    ``p`` bit-for-bit unchanged. If a parameter is changed outside the optimizer, ``y`` follows it
+    at the next step wherever ``p`` no longer equals ``sign(y)|y|^K``: in-place writes under
+    ``torch.no_grad()`` (pruning, ``model.load_state_dict``), rebinding ``p.data = t``, and
+    in-place writes through ``p.data`` (``p.data[mask] = 0``), which torch's version counter does
+    not see and which are found by a change of the tensor's ℓ1 norm or of its number of nonzeros
+    (``detect_writes``; an edit that keeps both, such as permuting entries or flipping signs,
+    needs :meth:`resync`).
 
     Args:
         params: parameters or parameter groups (every argument below may be set per group).
@@ -103,6 +137,9 @@ class ReWA(Optimizer):
         compile: run each step as ``torch.compile``d kernels, one fused pass over memory per
             tensor (CPU) or per device and dtype (GPU). Equal to the eager step up to rounding;
             the first step compiles (seconds to a minute), later ones reuse the kernels.
+        detect_writes: notice in-place writes through ``p.data`` (two read passes over the
+            parameters per step and, on a GPU, one host sync). A training loop that never writes
+            through ``.data`` can turn it off.
     """
 
     def __init__(
@@ -120,6 +157,7 @@ class ReWA(Optimizer):
         adam_eps: float = 1e-8,
         foreach: bool | None = None,
         compile: bool = False,
+        detect_writes: bool = True,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -133,11 +171,13 @@ class ReWA(Optimizer):
             "adam_eps": adam_eps,
             "foreach": foreach,
             "compile": compile,
+            "detect_writes": detect_writes,
         }
         validate_hyperparameters(defaults)
-        # Version counter of each parameter right after our last write: a different version at the
-        # next step means someone else wrote into the parameter, so y must be re-derived from it.
-        self._written_version: dict[Tensor, int] = {}
+        # Each parameter right after our last write (its shard's, for a DTensor: the DTensor's own
+        # counter does not see writes to the shard): anything else seen at the next step means
+        # someone else wrote into the parameter, and y must follow.
+        self._written: dict[Tensor, _Written] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -149,7 +189,7 @@ class ReWA(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_written_version", {})
+        self.__dict__.setdefault("_written", {})
 
     # ------------------------------------------------------------------ state
 
@@ -172,20 +212,58 @@ class ReWA(Optimizer):
             if key not in state:
                 state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
-    def _resync_if_modified(self, p: Tensor, group: dict[str, Any]) -> None:
-        """Re-derive y from p if p was written outside the optimizer since our last step."""
-        seen = self._written_version.get(p)
-        state = self.state[p]
-        if seen is not None and seen != local_part(p)._version and "y" in state:
-            state["y"] = F.y_from_x(p, float(group["K"]), state["y"].dtype)
+    def _written_elsewhere(self, params: list[Tensor], group: dict[str, Any]) -> list[Tensor]:
+        """The parameters (with a master y) that were written outside the optimizer since its
+        last write: a new version counter (in-place writes under ``torch.no_grad()``, e.g.
+        ``load_state_dict``), new storage (``p.data = t``), or, with ``detect_writes``, a changed
+        ℓ1 norm or count of nonzeros (in-place writes through ``p.data``, which bypass the
+        version counter)."""
+        changed, suspects = [], []
+        for p in params:
+            seen = self._written.get(p)
+            if seen is None or "y" not in self.state[p]:
+                continue
+            local = local_part(p)
+            if local._version != seen.version or local.data_ptr() != seen.data_ptr:
+                changed.append(p)
+            elif seen.norm is not None and group.get("detect_writes", True):
+                suspects.append(p)
+        if suspects:
+            now = _fingerprints([local_part(p) for p in suspects])
+            then = [self._written[p].norm for p in suspects]
+            changed += [p for p, d in zip(suspects, _differ(now, then), strict=True) if d]
+        return changed
+
+    def _remember_writes(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """Record what each parameter looks like right after this step's write."""
+        mastered = [p for p in params if "y" in self.state[p]]
+        if not mastered:
+            return
+        locals_ = [local_part(p) for p in mastered]
+        detect = group.get("detect_writes", True)
+        norms = _fingerprints(locals_) if detect else [None] * len(locals_)
+        for p, local, norm in zip(mastered, locals_, norms, strict=True):
+            self._written[p] = _Written(local._version, local.data_ptr(), norm)
+
+    def _merge_y(self, p: Tensor, group: dict[str, Any]) -> None:
+        """Follow an outside write to ``p``: y is re-derived from p where p no longer equals
+        sign(y)|y|^K, and kept elsewhere, so untouched weights keep their exact y (including a
+        y too small for x to be nonzero in p's dtype)."""
+        y = local_part(self.state[p]["y"])
+        x = local_part(p).detach()
+        K = float(group["K"])
+        from_y = torch.empty_like(x)
+        F.signed_pow_into([from_y], [y], K)
+        y.copy_(torch.where(x == from_y, y, F.y_from_x(x, K, y.dtype)))
 
     @torch.no_grad()
     def resync(self) -> None:
-        """Recompute every y from its parameter (after editing parameters in place by hand)."""
+        """Re-derive y from every parameter where it differs from sign(y)|y|^K (after an edit
+        the optimizer cannot see, e.g. one that keeps a tensor's ℓ1 norm and nonzeros)."""
         for group in self.param_groups:
             for p in group["params"]:
                 if "y" in self.state[p]:
-                    self.state[p]["y"] = F.y_from_x(p, float(group["K"]), self.state[p]["y"].dtype)
+                    self._merge_y(p, group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torch casts every floating state tensor to the parameter's dtype; master copies of a
@@ -202,7 +280,7 @@ class ReWA(Optimizer):
                     self.state[p][key] = value.to(
                         device=p.device, dtype=master_dtype(p.dtype), copy=True
                     )
-        self._written_version = {}
+        self._written = {}
 
     # ------------------------------------------------------------------ step
 
@@ -263,7 +341,8 @@ class ReWA(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("ReWA does not support sparse gradients")
             self._init_state(p, group)
-            self._resync_if_modified(p, group)
+        for p in self._written_elsewhere(params, group):
+            self._merge_y(p, group)
         h = self._hyper(group)
         if group.get("compile", False):
             for bucket in self._buckets(params):
@@ -275,9 +354,7 @@ class ReWA(Optimizer):
             for p in one_by_one:
                 self._update([p], group, h, F.sgd_update, F.adamw_update)
         if h.lr != 0.0:
-            for p in params:
-                # a DTensor's own counter does not see writes to its shard: track the shard's
-                self._written_version[p] = local_part(p)._version
+            self._remember_writes(params, group)
 
     def _buckets(self, params: list[Tensor]) -> list[list[Tensor]]:
         """Group parameters by (device, dtype, has master y) for the multi-tensor kernels."""

@@ -265,6 +265,8 @@ class Trainer:
         self.warmup_steps = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
         for group in self.method.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
+            if "detect_writes" in group:  # this loop writes no parameter through .data: spare
+                group["detect_writes"] = False  # ReWA two passes and a GPU host sync per step
         self.hooks = sparse_hooks.build(cfg, self.model, self.method)  # target sparsity, masks
         if "control" in self.hooks and (warning := caution(self.method.name)):
             self.echo(f"WARNING: {warning}")

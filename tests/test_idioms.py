@@ -1,0 +1,189 @@
+"""ReWA under the idioms torch.optim users rely on: editing parameters through ``.data``,
+torch.nn.utils.prune and parametrizations, GradScaler with autocast, state_dict round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize, prune
+
+import rewa
+from rewa import ReWA
+
+
+def linear_and_opt(momentum=0.0, detect_writes=True, seed=0):
+    torch.manual_seed(seed)
+    m = nn.Linear(100, 10)
+    opt = ReWA(
+        rewa.param_groups(m, weight_decay=1e-4),
+        lr=0.1, K=9, M=2, momentum=momentum, detect_writes=detect_writes,
+    )  # fmt: skip
+    return m, opt
+
+
+def step(m, opt, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, t = torch.randn(32, 100, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    opt.zero_grad()
+    nn.functional.cross_entropy(m(x), t).backward()
+    opt.step()
+
+
+EDITS = {
+    "data_setitem": lambda w: w.data.__setitem__((slice(None), slice(0, 50)), 0.0),
+    "data_mul_": lambda w: w.data.mul_(torch.arange(100) >= 50),
+    "data_rebind": lambda w: setattr(w, "data", w.data * (torch.arange(100) >= 50)),
+    "no_grad_setitem": lambda w: _no_grad_zero(w),
+}
+
+
+def _no_grad_zero(w):
+    with torch.no_grad():
+        w[:, :50] = 0.0
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_pruning_edits_survive_the_next_steps(edit):
+    """The issue's example: zeros written into the weight (through .data, by rebinding, or under
+    no_grad) are honored, as with torch.optim.SGD without momentum; M > 0 keeps them at 0."""
+    m, opt = linear_and_opt()
+    for s in range(3):
+        step(m, opt, s)
+    EDITS[edit](m.weight)
+    for s in range(3, 8):
+        step(m, opt, s)
+    assert m.weight.detach()[:, :50].eq(0).all()
+    assert m.weight.detach()[:, 50:].ne(0).all()
+    assert opt.state[m.weight]["y"][:, :50].eq(0).all()
+
+
+def test_untouched_weights_keep_their_exact_hidden_variable():
+    """An edit re-derives y only where the parameter changed: every other entry of y keeps its
+    exact value, even one too small for its x to be nonzero in float32 (re-deriving it from x
+    would set it to 0 for good)."""
+    m, opt = linear_and_opt()
+    for s in range(3):
+        step(m, opt, s)
+    y = opt.state[m.weight]["y"]
+    with torch.no_grad():  # an entry whose x underflows: y = 1e-6 gives x = 1e-54 -> 0
+        y[0, 99] = 1e-6
+        m.weight[0, 99] = 0.0
+    opt._remember_writes([m.weight], opt.param_groups[0])  # as if the optimizer had written it
+    before = y.clone()
+    m.weight.data[:, :50] = 0.0
+    opt.param_groups[0]["lr"] = 0.0  # the step only follows the edit
+    step(m, opt, 3)
+    assert torch.equal(y[:, 50:], before[:, 50:]) and y[0, 99] == 1e-6
+    assert y[:, :50].eq(0).all()
+
+
+def test_writes_through_data_are_ignored_without_detection():
+    """detect_writes=False (what a loop that never writes .data may choose) restores the
+    weights from y, as before: the documented cost of turning it off."""
+    m, opt = linear_and_opt(detect_writes=False)
+    step(m, opt, 0)
+    m.weight.data[:, :50] = 0.0
+    step(m, opt, 1)
+    assert m.weight.detach()[:, :50].ne(0).all()
+    opt.resync()  # the explicit way: y follows the parameter
+    m.weight.data[:, :50] = 0.0
+    opt.resync()
+    step(m, opt, 2)
+    assert m.weight.detach()[:, :50].eq(0).all()
+
+
+def test_momentum_can_bring_a_zeroed_weight_back_unless_its_buffer_is_zeroed():
+    """As with torch.optim.SGD: the momentum buffer still moves a weight zeroed by hand. Zeroing
+    the buffer's entries too (what rewa.masks.Masks.apply_ does) keeps it at exactly 0."""
+    m, opt = linear_and_opt(momentum=0.9)
+    for s in range(3):
+        step(m, opt, s)
+    m.weight.data[:, :50] = 0.0
+    step(m, opt, 3)
+    assert m.weight.detach()[:, :50].ne(0).any()
+    m.weight.data[:, :50] = 0.0
+    opt.state[m.weight]["momentum_buffer"][:, :50] = 0.0
+    for s in range(4, 8):
+        step(m, opt, s)
+    assert m.weight.detach()[:, :50].eq(0).all()
+
+
+def test_torch_prune_trains_weight_orig_under_rewa_and_keeps_pruned_weights_at_zero():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 4))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    groups = rewa.param_groups(model, weight_decay=1e-3)
+    rewa_group = next(g for g in groups if g["name"] == "rewa")
+    assert any(p is model[0].weight_orig for p in rewa_group["params"])
+    opt = ReWA(groups, lr=0.05, K=3, M=2, momentum=0.9)
+    mask = model[0].weight_mask.bool()
+    before = model[0].weight_orig.detach().clone()
+    x, t = torch.randn(64, 20), torch.randint(0, 4, (64,))
+    for _ in range(20):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), t).backward()
+        opt.step()
+    assert model[0].weight.detach()[~mask].eq(0).all()
+    assert not torch.equal(model[0].weight_orig.detach()[mask], before[mask])
+    prune.remove(model[0], "weight")
+    assert model[0].weight.detach()[~mask].eq(0).all()
+
+
+class Mask(nn.Module):
+    def __init__(self, mask):
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w):
+        return w * self.mask
+
+
+def test_parametrized_mask_trains_the_original_under_rewa():
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 5)
+    mask = torch.rand(5, 20) > 0.5
+    parametrize.register_parametrization(lin, "weight", Mask(mask))
+    original = lin.parametrizations.weight.original
+    groups = rewa.param_groups(lin, weight_decay=1e-3)
+    assert groups[0]["name"] == "rewa" and groups[0]["params"] == [original]
+    opt = ReWA(groups, lr=0.05, K=3, M=2)
+    x, t = torch.randn(64, 20), torch.randn(64, 5)
+    for _ in range(10):
+        opt.zero_grad()
+        nn.functional.mse_loss(lin(x), t).backward()
+        opt.step()
+    assert lin.weight.detach()[~mask].eq(0).all() and lin.weight.detach()[mask].ne(0).all()
+
+
+def test_gradscaler_with_bf16_autocast_on_the_cpu_skips_nonfinite_steps():
+    """GradScaler + autocast on the CPU: unscale_ before clipping, a step with an inf gradient
+    is skipped (weights and ReWA's state untouched), later steps train."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = ReWA(rewa.param_groups(model, weight_decay=1e-4), lr=0.05, K=3, M=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    x, t = torch.randn(64, 16), torch.randint(0, 3, (64,))
+    losses = []
+    for i in range(15):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x).float(), t)
+        scaler.scale(loss).backward()
+        if i == 4:
+            model[0].weight.grad[0, 0] = float("inf")
+            before = [p.detach().clone() for p in model.parameters()]
+            y_before = opt.state[model[0].weight]["y"].clone()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        losses.append(float(loss.detach()))
+        if i == 4:
+            assert all(
+                torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before, strict=True)
+            )
+            assert torch.equal(opt.state[model[0].weight]["y"], y_before)
+            assert scaler.get_scale() == 2.0**7
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
