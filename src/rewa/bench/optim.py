@@ -71,6 +71,7 @@ def candidates(
         ("foreach", {"foreach": True}),
         ("single", {"foreach": False}),
         ("default", {}),  # CPU: large tensors one by one, small ones together
+        ("nodetect", {"detect_writes": False}),  # as the trainer runs it: no .data-write check
     ]
     if compiled:
         paths.append(("compiled", {"compile": True}))
