@@ -196,6 +196,7 @@ def test_missing_dataset_is_a_one_line_error(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "cifar10 not found in" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()  # a run that failed to start leaves no directory
 
 
 def test_corrupt_dataset_file_is_a_one_line_error(data_dir, tmp_path, capsys):
@@ -215,12 +216,19 @@ def test_corrupt_dataset_file_is_a_one_line_error(data_dir, tmp_path, capsys):
         ("model.name=resnet7", "unknown model 'resnet7'"),
         ("method.name=adam", "unknown method 'adam'"),
         ("train.device=tpu", "unknown device"),
+        ("method.options.K=-1", "ReWA: invalid K=-1; valid range: K >= 1"),
+        ("method.options.weight_decay=abc", "weight_decay must be a real number, got 'abc'"),
+        ("method.options.eps=-1e-3", "invalid eps=-0.001"),
+        ("method.name=gmp", None),  # GMP's own options must be checked too: target below
     ],
 )
 def test_invalid_names_are_one_line_errors(data_dir, tmp_path, capsys, override, message):
-    assert main(cli_args(data_dir, tmp_path / "run", "--set", override)) == 2
+    """Unknown names and bad method options: one line, before anything is created."""
+    extra = ["--set", "method.options={target: abc}"] if message is None else []
+    assert main(cli_args(data_dir, tmp_path / "run", "--set", override, *extra)) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err
+    assert (message or "option target must be a number") in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_bf16_autocast_keeps_rewa_state_float32_and_sparsity_close(data_dir, tmp_path):

@@ -402,7 +402,8 @@ class GMPMethod(_TorchBaseMethod):
 
     def prepare_model(self) -> None:
         o = self.options
-        self._nonneg("weight_decay", "other_weight_decay")
+        self._nonneg("weight_decay", "other_weight_decay", "target", "initial", "start", "end")
+        self._nonneg("frequency")
         self._require(o["scope"] in SCOPES, f"option scope must be one of {', '.join(SCOPES)}")
         try:
             self.pruning = GradualPruning(
@@ -457,6 +458,23 @@ for _cls in (
     GMPMethod,
 ):
     register(_cls)
+
+
+def check_method(
+    name: str,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    base: str = "sgd",
+    options: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise a one-line UsageError if method ``name`` cannot be built with these settings (an
+    unknown option, a value of the wrong type or out of range), by building it on a tiny model."""
+    probe = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(2, 2))
+    try:
+        build_method(name, probe, lr=lr, momentum=momentum, base=base, options=options)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"config key 'method.options': {err}") from None
 
 
 def build_method(

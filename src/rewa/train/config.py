@@ -306,6 +306,10 @@ def _check_consistency(config: Config) -> None:
             f"schedule.warmup_epochs ({config.schedule.warmup_epochs:g}) exceeds "
             f"schedule.epochs ({config.schedule.epochs})"
         )
+    from rewa.methods import check_method  # methods import torch models; config need not
+
+    m = config.method
+    check_method(m.name, lr=m.lr, momentum=m.momentum, base=m.base, options=m.options)
 
 
 # ---------------------------------------------------------------- overrides

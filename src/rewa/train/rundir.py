@@ -150,6 +150,13 @@ class RunLock:
         self.handle.close()
 
 
+def remove_if_only_lock(root: Path) -> None:
+    """Remove ``root`` if it holds nothing but a released lock file."""
+    if root.is_dir() and [p.name for p in root.iterdir()] == [LOCK]:
+        (root / LOCK).unlink()
+        root.rmdir()
+
+
 class MetricsLog:
     """Append-only JSON lines; on resume, records after the checkpoint's step are dropped."""
 

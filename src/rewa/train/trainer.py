@@ -42,6 +42,7 @@ from rewa.train.rundir import (
     MetricsLog,
     RunLock,
     prepare,
+    remove_if_only_lock,
 )
 
 FORMAT = 1
@@ -458,6 +459,7 @@ class Trainer:
         """Train (or continue) the run, then call ``on_finish(self)`` (under the run's lock) if
         the run is complete and not yet evaluated; returns the last epoch record."""
         claimed: list[RunLock] = []
+        fresh = not self.root.exists()
 
         def claim() -> bool:  # rank 0 alone checks and locks the run dir; all ranks get its answer
             decision = prepare(self.root, self.config, resume=resume, force=force)
@@ -483,6 +485,8 @@ class Trainer:
                 self.tensorboard.close()
             if lock is not None:
                 lock.release()
+                if fresh:  # a run that failed before writing anything leaves no directory
+                    remove_if_only_lock(self.root)
         return record
 
     def fit(self) -> dict[str, Any]:
