@@ -267,3 +267,40 @@ def test_masked_finetuning_on_two_processes_keeps_identical_sparse_replicas(
     masks = Masks.from_state_dict(payload["hooks"]["masks"]["masks"])
     for name, keep in masks.masks.items():
         assert payload["model"][name][~keep].eq(0).all(), name
+
+
+# ---------------------------------------------------------------- warm start
+
+
+def test_init_from_starts_from_the_trained_weights_with_a_fresh_optimizer(
+    trained, data_dir, tmp_path
+):
+    """--init-from: a new run (ReWA here) starts from the weights
+    of a trained run, BatchNorm statistics included, with a fresh optimizer state; a resumed
+    run does not read the source again; another architecture is a one-line error."""
+    run_dir = tmp_path / "warm"
+    args = ["train", "--config", TINY, "--run-dir", run_dir, "--quiet", "--init-from", trained,
+            *sets(data_dir, "method.lr=1e-9", "schedule.epochs=1")]  # fmt: skip
+    assert run(*args) == 0
+    source = checkpoint.load(trained / checkpoint.LATEST)["model"]
+    warm = checkpoint.load(run_dir / checkpoint.LATEST)
+    for name in ("conv1.weight", "fc.weight"):  # lr 1e-9: one epoch barely moves them
+        torch.testing.assert_close(warm["model"][name], source[name], rtol=0, atol=1e-6)
+    assert warm["optimizer"]["state"][0]["step"] == warm["step"]  # fresh: this run's steps only
+    info = json.loads((run_dir / "run.json").read_text())["sessions"][0]["init_from"]
+    assert info["path"].endswith("checkpoint.pt") and info["method"] == "rewa"
+    moved = tmp_path / "moved"
+    trained.rename(moved)
+    try:  # resuming a finished run: the init source is not needed any more
+        assert run(*args, "--resume") == 0
+    finally:
+        moved.rename(trained)
+
+
+def test_init_from_another_model_is_a_one_line_error(trained, data_dir, tmp_path, capsys):
+    args = ["train", "--config", TINY, "--run-dir", tmp_path / "w", "--quiet", "--init-from",
+            trained, *sets(data_dir, "model.options={width: 16}")]  # fmt: skip
+    assert run(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not fit this run's" in err and "\n" not in err
+    assert not (tmp_path / "w").exists()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,84 +37,12 @@ from rewa.masks import Masks, allocation, allocation_rows, dead_layer_warnings
 from rewa.models import build_model
 from rewa.provenance import provenance
 from rewa.report.tables import markdown_table, write_csv, write_json
-from rewa.sparsity import sparsity_report, unwrap
+from rewa.sparsity import sparsity_report
+from rewa.train.source import PRUNED, Source, num_classes_of, plain_model, read_source
 
-PRUNED = "pruned.pt"
 FINETUNE = "finetune"
 ALLOCATION_COLUMNS = ["layer", "weights", "nonzeros", "sparsity", "share_of_nonzeros", "empty"]
 ALLOCATION_FORMATS = {"sparsity": ".2%", "share_of_nonzeros": ".2%"}
-
-
-# ---------------------------------------------------------------- reading a run or a checkpoint
-
-
-@dataclass
-class Source:
-    """A trained model on disk: a trainer checkpoint (``kind="run"``) or ``rewa prune``'s output
-    (``kind="pruned"``)."""
-
-    path: Path
-    kind: str
-    payload: dict[str, Any]
-
-    @property
-    def config(self):
-        from rewa.train.config import config_from_dict
-
-        return config_from_dict(self.payload["config"])
-
-
-def read_source(arg: str | Path, echo=print) -> Source:
-    """Resolve RUN_DIR (newest good checkpoint), a prune output dir, or a checkpoint file."""
-    from rewa.train import checkpoint
-    from rewa.train.sparse_hooks import PRUNED_FORMAT
-
-    path = Path(arg)
-    if path.is_dir():
-        if (path / PRUNED).is_file() and not (path / checkpoint.LATEST).exists():
-            path = path / PRUNED
-        else:
-            loaded = checkpoint.load_latest_good(path)
-            if loaded is None:
-                raise UsageError(f"{path} holds no checkpoint (is it a run directory?)")
-            for problem in loaded.problems:
-                echo(f"WARNING: {problem}; using {loaded.path.name}")
-            return Source(loaded.path, "run", loaded.payload)
-    elif not path.exists():
-        raise UsageError(f"{path} does not exist (give a run directory or a checkpoint file)")
-    payload = checkpoint.load(path)
-    kind = "pruned" if payload.get("kind") == PRUNED_FORMAT else "run"
-    if "config" not in payload or "model" not in payload:
-        raise UsageError(f"{path} is not a rewa checkpoint (no config or model)")
-    return Source(path, kind, payload)
-
-
-def num_classes_of(config: Any, state: dict[str, torch.Tensor]) -> int:
-    """Classes of the model: from the dataset name, else the last 2-d weight's output size."""
-    known = {"cifar10": 10, "cifar100": 100}
-    if config.data.dataset in known:
-        return known[config.data.dataset]
-    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    if not matrices:
-        raise UsageError("cannot tell the number of classes of this model")
-    return int(matrices[-1].shape[0])
-
-
-def plain_model(source: Source, device: torch.device | None = None) -> nn.Module:
-    """The source's model as a plain module (reparameterizations folded), in eval mode."""
-    from rewa.train.trainer import build_model_and_method
-
-    config = source.config
-    device = device or torch.device("cpu")
-    classes = num_classes_of(config, source.payload["model"])
-    if source.kind == "pruned":  # already plain
-        model = build_model(config.model.name, classes, **config.model.options).to(device)
-        model.load_state_dict(source.payload["model"])
-        return model.eval()
-    model, method = build_model_and_method(config, classes, device)
-    unwrap(model).load_state_dict(source.payload["model"])
-    method.load_state_dict(source.payload.get("method", {}))
-    return method.fold().eval()
 
 
 def accuracies(model: nn.Module, config: Any, device: torch.device) -> dict[str, float]:

@@ -64,6 +64,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "sparsity.threshold (default 1e-3) by adjusting the method's strength (ReWA's weight "
         "decay, l1's lam) during training; shortcut for --set sparsity.target=S",
     )
+    p.add_argument(
+        "--init-from",
+        metavar="RUN_OR_CHECKPOINT",
+        help="start from the weights of a trained run (a run directory, a checkpoint, or a "
+        "`rewa prune` output; same model) with a fresh optimizer state, e.g. sparsify a trained "
+        "dense model; shortcut for --set train.init_from=PATH",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p.set_defaults(func=_train)
@@ -107,6 +114,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"train.seed={args.seed}")
     if args.target_sparsity is not None:
         overrides.append(f"sparsity.target={args.target_sparsity!r}")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
     config = load_config(args.config, overrides)
     if args.print_config:
         print(config.to_yaml(), end="")

@@ -100,6 +100,8 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss or gradient
     threads: int = field(default=0, metadata=NONNEG)  # torch CPU threads, 0 = torch's default
     device: str = field(default="auto", metadata=_check(lambda v: bool(v), "non-empty"))
+    # Start from the weights of this run dir / checkpoint / prune output (fresh optimizer state).
+    init_from: str = ""
 
 
 @dataclass

@@ -44,6 +44,7 @@ from rewa.train.rundir import (
     prepare,
     remove_if_only_lock,
 )
+from rewa.train.source import initial_weights
 
 FORMAT = 1
 TRAIN_THRESHOLDS = (1e-6, 1e-4, 1e-3, 1e-2)  # sparsity logged every epoch
@@ -149,9 +150,16 @@ def format_seconds(seconds: float) -> str:
 
 
 def build_model_and_method(
-    config: Config, num_classes: int, device: torch.device
+    config: Config,
+    num_classes: int,
+    device: torch.device,
+    init: Callable[[nn.Module], Any] | None = None,
 ) -> tuple[nn.Module, SparseMethod]:
+    """The config's model on ``device`` and its method; ``init(model)`` runs in between (the
+    method may reparameterize the weights it finds)."""
     model = build_model(config.model.name, num_classes, **config.model.options).to(device)
+    if init is not None:
+        init(model)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     m = config.method
@@ -236,6 +244,7 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.tensorboard = None
         self.deferred: DeferredCheck | None = None
+        self.init_info: dict[str, Any] | None = None  # where the weights came from (init_from)
 
     def echo(self, text: str) -> None:
         if not self.main:
@@ -247,7 +256,9 @@ class Trainer:
 
     # ------------------------------------------------------------ setup
 
-    def setup(self) -> None:
+    def setup(self, *, fresh: bool = True) -> None:
+        """Build everything the run needs; ``fresh``: a new run (not resumed from a checkpoint),
+        which starts from ``train.init_from``'s weights if set."""
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -256,7 +267,15 @@ class Trainer:
         self.deferred = DeferredCheck(self.device) if self.defer_host_syncs() else None
         seed_everything(cfg.train.seed)
         self.data = load_data(cfg)
-        self.model, self.method = build_model_and_method(cfg, self.data.num_classes, self.device)
+        init = None
+        if fresh and cfg.train.init_from:
+
+            def init(model: nn.Module) -> None:
+                self.init_info = initial_weights(cfg.train.init_from, model, self.echo)
+
+        self.model, self.method = build_model_and_method(
+            cfg, self.data.num_classes, self.device, init
+        )
         self.forward_model = distributed.wrap_model(
             self.model, self.device, compile=cfg.model.compile
         )  # DDP on several processes; self.model stays the plain module
@@ -301,6 +320,9 @@ class Trainer:
         self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
         self.nonfinite_skipped = int(payload["counters"]["nonfinite_skipped"])
 
+    def has_checkpoint(self) -> bool:
+        return distributed.on_main(lambda: bool(checkpoint.candidates(self.root)))
+
     def resume_from_checkpoint(self) -> bool:
         """Load the newest good checkpoint; returns False when there is none."""
         # rank 0 reads the run directory (it need not be shared) and sends the state to all ranks
@@ -334,6 +356,7 @@ class Trainer:
                 "resumed_at_epoch": self.epoch if resumed else None,
                 "device": str(self.device),
                 "bf16": self.bf16,
+                "init_from": self.init_info,
                 "world_size": distributed.world_size(),
             }
         )
@@ -470,7 +493,7 @@ class Trainer:
         lock = claimed[0] if claimed else None
         threads = torch.get_num_threads()
         try:
-            self.setup()
+            self.setup(fresh=not (resume and self.has_checkpoint()))
             resumed = resume and self.resume_from_checkpoint()
             self.write_run_files(resumed)
             evaluated = self.epoch >= self.config.schedule.epochs and distributed.on_main(
