@@ -38,8 +38,13 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def weight_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) for every convolution and linear layer of ``model``."""
-    return [(name, m) for name, m in unwrap(model).named_modules() if isinstance(m, WEIGHT_LAYERS)]
+    """(name, module) for every convolution and linear layer of ``model``, except layers marked
+    ``rewa_sparsify = False`` (a language model's output head, say), which stay dense."""
+    return [
+        (name, m)
+        for name, m in unwrap(model).named_modules()
+        if isinstance(m, WEIGHT_LAYERS) and getattr(m, "rewa_sparsify", True)
+    ]
 
 
 def sparsifiable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -55,7 +55,8 @@ def accuracies(model: nn.Module, config: Any, device: torch.device) -> dict[str,
     for split in ("val", "test"):
         batches = eval_batches(config, data, split, device)
         if batches is not None:
-            out[f"{split}_acc"] = evaluate(model, batches, device=device).accuracy
+            result = evaluate(model, batches, device=device)
+            out[f"{split}_acc"], out[f"{split}_loss"] = result.accuracy, result.loss
     return out
 
 
@@ -211,7 +212,7 @@ def finetune(source: Source, config: Any, out: Path, args, echo) -> dict[str, An
         "lr": ft_config.method.lr,
         "masks_hold": masks.check(model) == 0,
         "sparsity": sparsity_report(model, ()).sparsity,
-        **{k: v for k, v in final.items() if k.endswith("_acc")},
+        **{k: v for k, v in final.items() if k.endswith(("_acc", "_loss"))},
     }
 
 

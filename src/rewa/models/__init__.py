@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from rewa.errors import UsageError
+from rewa.models.llama import LlamaLM, llama
 from rewa.models.resnet import (
     ResNet,
     resnet18,
@@ -26,6 +27,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18_imagenet": resnet18_imagenet,
     "resnet50": resnet50,
     "tiny": tiny,
+    "llama": llama,
 }
 
 _RESNET = ("shortcut", "zero_init_residual")
@@ -38,6 +40,7 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "resnet18_imagenet": (*_RESNET, "upsample"),
     "resnet50": (*_RESNET, "upsample"),
     "tiny": ("width", "batchnorm"),
+    "llama": ("dim", "layers", "heads", "hidden"),
 }
 
 
@@ -54,4 +57,4 @@ def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     return MODELS[name](num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "MODEL_OPTIONS", "ResNet", "TinyCNN", "build_model"]
+__all__ = ["MODELS", "MODEL_OPTIONS", "LlamaLM", "ResNet", "TinyCNN", "build_model"]

@@ -44,7 +44,10 @@ NONNEG = _check(lambda v: v >= 0, ">= 0")
 @dataclass
 class DataConfig:
     # cifar10/cifar100: in memory; imagenet: data_dir/train/<class>/*, data_dir/val/<class>/*
-    dataset: str = field(default="cifar10", metadata=_choices("cifar10", "cifar100", "imagenet"))
+    # tinyshakespeare: character-level text, data_dir/input.txt (first 1 - val_fraction trains)
+    dataset: str = field(
+        default="cifar10", metadata=_choices("cifar10", "cifar100", "imagenet", "tinyshakespeare")
+    )
     data_dir: str = "data/cifar10"
     download: bool = True
     val_size: int = field(default=5000, metadata=NONNEG)
@@ -58,7 +61,11 @@ class DataConfig:
     backend: str = field(default="auto", metadata=_choices("auto", "torchvision", "pillow"))
     image_size: int = field(default=224, metadata=POSITIVE)
     resize: int = field(default=256, metadata=POSITIVE)  # evaluation: shorter side, then crop
-    # Smoke runs: use only the first N training / evaluation images (0 = all).
+    # Text: tokens of context per example, and the fraction of the text held out (the end).
+    block_size: int = field(default=128, metadata=POSITIVE)
+    val_fraction: float = field(default=0.1, metadata=_check(lambda v: 0 < v < 1, "in (0, 1)"))
+    # Smoke runs: use only N training / evaluation images (0 = all); for a text, limit_train
+    # caps the training tokens of an epoch.
     limit_train: int = field(default=0, metadata=NONNEG)
     limit_eval: int = field(default=0, metadata=NONNEG)
 

@@ -35,11 +35,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from rewa.data.batches import TensorBatches
 from rewa.data.cifar import CifarData, load_cifar
 from rewa.data.imagenet import ImageFolder, load_imagenet
+from rewa.data.text import TextBatches, TextData, TextEval, load_text
 from rewa.errors import UsageError
 from rewa.train import distributed
 from rewa.train.config import Config
 
 FOLDER_DATASETS = ("imagenet",)
+TEXT_DATASETS = ("tinyshakespeare",)
 
 
 # ---------------------------------------------------------------- image folders
@@ -206,17 +208,22 @@ class EvalShard(TensorBatches):
 
 # ---------------------------------------------------------------- entry points
 
-Data = CifarData | FolderData
+Data = CifarData | FolderData | TextData
 
 
 def load_data(config: Config) -> Data:
-    """The dataset of ``config.data`` (in-memory CIFAR, or an image folder)."""
-    if config.data.dataset in FOLDER_DATASETS:
+    """The dataset of ``config.data`` (in-memory CIFAR, an image folder, or a text)."""
+    d = config.data
+    if d.dataset in FOLDER_DATASETS:
         return load_folder(config)
+    if d.dataset in TEXT_DATASETS:
+        return load_text(
+            d.data_dir, name=d.dataset, download=d.download, val_fraction=d.val_fraction
+        )
     return load_cifar_data(config)
 
 
-Batches = TensorBatches | LoaderBatches
+Batches = TensorBatches | LoaderBatches | TextBatches | TextEval
 
 
 def train_batches(config: Config, data: Data, device: torch.device) -> Batches:
@@ -224,7 +231,13 @@ def train_batches(config: Config, data: Data, device: torch.device) -> Batches:
     cfg = config
     batch = distributed.per_rank_batch(cfg.data.batch_size)
     rank, world = distributed.rank(), distributed.world_size()
-    if isinstance(data, FolderData):
+    if isinstance(data, TextData):
+        n = len(data.train_tokens)
+        batches = TextBatches(
+            data.train_tokens, batch, cfg.data.block_size, device=device, seed=cfg.train.seed,
+            rank=rank, world_size=world, tokens_per_epoch=cfg.data.limit_train,
+        )  # fmt: skip
+    elif isinstance(data, FolderData):
         n = len(data.train_indices)
         sampler = DistributedSampler(
             range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed,
@@ -273,6 +286,13 @@ def eval_batches(config: Config, data: Data, split: str, device: torch.device) -
     """
     cfg = config
     batch = max(1, math.ceil(cfg.data.eval_batch_size / distributed.world_size()))
+    if isinstance(data, TextData):  # the held-out end of the text is the one evaluation split
+        if split != "val":
+            return None
+        return TextEval(
+            data.val_tokens, batch, cfg.data.block_size, device=device,
+            rank=distributed.rank(), world_size=distributed.world_size(),
+        )  # fmt: skip
     if isinstance(data, FolderData):
         if split != "val" or not data.val_indices:
             return None

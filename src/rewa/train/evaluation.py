@@ -52,6 +52,14 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def per_example(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, classes) logits and (N,) labels: a sequence model's (B, T, vocab) logits and (B, T)
+    targets become one example per token."""
+    if logits.dim() > 2:
+        return logits.flatten(0, -2), labels.flatten()
+    return logits, labels
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -72,6 +80,7 @@ def evaluate(
     for inputs, labels in batches:
         with autocast(device, bf16):
             logits = model(inputs)
+        logits, labels = per_example(logits, labels)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
         n += labels.numel()

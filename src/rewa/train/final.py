@@ -77,6 +77,7 @@ def final_evaluation(
         "split_sizes": {name: split_size(batches) for name, batches in splits.items()},
         "final": {
             **{f"{s}_acc": as_trained.get(f"{s}_acc") for s in splits},
+            **{f"{s}_loss": as_trained.get(f"{s}_loss") for s in splits},
             "sparsity": report.sparsity,
             "compression": report.compression,
         },

@@ -32,7 +32,7 @@ from rewa.sparsity import sparsity_report, unwrap
 from rewa.train import checkpoint, distributed, sparse_hooks
 from rewa.train.config import Config, config_from_dict
 from rewa.train.datasets import eval_batches, load_data, train_batches
-from rewa.train.evaluation import autocast, evaluate, use_bf16
+from rewa.train.evaluation import autocast, evaluate, per_example, use_bf16
 from rewa.train.rundir import (
     CONFIG,
     EVAL_JSON,
@@ -430,6 +430,7 @@ class Trainer:
         self.set_lr()
         with autocast(self.device, self.bf16):
             logits = self.forward_model(inputs)
+        logits, labels = per_example(logits, labels)  # a language model: one per token
         loss = self.criterion(logits.float(), labels)
         penalty = self.method.penalty()
         total = loss if penalty is None else loss + penalty

@@ -1,0 +1,131 @@
+"""The character-level text task: tokenizing and splitting, training and evaluation windows, the
+LLaMA-style decoder (causal, rotary, its head left dense), and `rewa train` end to end on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import rewa
+from rewa.data.text import TextBatches, TextEval, load_text
+from rewa.errors import UsageError
+from rewa.models import build_model
+from rewa.models.llama import apply_rotary, generate, rotary_tables
+from rewa.sparsity import weight_modules
+from rewa.train import load_config, train
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 60
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("text")
+    (folder / "input.txt").write_text(TEXT)
+    return folder
+
+
+def test_load_text_tokenizes_by_character_and_holds_out_the_end(text_dir):
+    data = load_text(text_dir, download=False, val_fraction=0.1)
+    assert data.vocab == sorted(set(TEXT)) and data.num_classes == len(set(TEXT))
+    assert len(data.train_tokens) + len(data.val_tokens) == len(TEXT)
+    assert len(data.val_tokens) == len(TEXT) - int(len(TEXT) * 0.9)
+    assert data.decode(data.val_tokens) == TEXT[int(len(TEXT) * 0.9) :]
+    assert torch.equal(data.encode(TEXT[:20]), data.train_tokens[:20])
+    with pytest.raises(UsageError, match="not found"):
+        load_text(text_dir / "nowhere", download=False)
+
+
+def test_training_windows_are_next_token_pairs_and_reproducible(text_dir):
+    data = load_text(text_dir, download=False)
+    batches = TextBatches(data.train_tokens, 8, 16, seed=3)
+    batches.set_epoch(1)
+    first = list(batches)
+    assert len(first) == len(data.train_tokens) // (8 * 16)
+    for x, y in first:
+        assert x.shape == y.shape == (8, 16)
+        assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+    again = list(batches)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    batches.set_epoch(2)
+    assert not torch.equal(next(iter(batches))[0], first[0][0])
+    # two ranks: their halves of each global batch are rank 0's batch of 16 windows
+    single = TextBatches(data.train_tokens, 16, 16, seed=3)
+    halves = [TextBatches(data.train_tokens, 8, 16, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    whole, a, b = next(iter(single)), next(iter(halves[0])), next(iter(halves[1]))
+    assert torch.equal(torch.cat([a[0], b[0]]), whole[0])
+    assert len(TextBatches(data.train_tokens, 8, 16, tokens_per_epoch=300)) == 2
+
+
+def test_evaluation_windows_predict_every_token_once(text_dir):
+    data = load_text(text_dir, download=False)
+    eval_ = TextEval(data.val_tokens, 5, 16)
+    targets = torch.cat([y.flatten() for _, y in eval_])
+    assert len(targets) == eval_.total_examples == (len(data.val_tokens) - 1) // 16 * 16
+    shards = [TextEval(data.val_tokens, 5, 16, rank=r, world_size=3) for r in range(3)]
+    assert sum(len(s.starts) for s in shards) == (len(data.val_tokens) - 1) // 16
+
+
+def test_decoder_is_causal_and_its_head_stays_dense():
+    torch.manual_seed(0)
+    model = build_model("llama", 30, dim=32, layers=2, heads=4)
+    x = torch.randint(0, 30, (2, 12))
+    y = x.clone()
+    y[:, 7] = (y[:, 7] + 1) % 30
+    out_x, out_y = model(x), model(y)
+    assert out_x.shape == (2, 12, 30)
+    torch.testing.assert_close(out_x[:, :7], out_y[:, :7])
+    assert not torch.allclose(out_x[:, 7:], out_y[:, 7:])
+    names = [n for n, _ in weight_modules(model)]
+    assert "head" not in names and len(names) == 2 * 5  # qkv, proj, gate, up, down per block
+    groups = {g["name"]: g["params"] for g in rewa.param_groups(model)}
+    assert any(p is model.head.weight for p in groups["plain"])
+    assert any(p is model.embed.weight for p in groups["plain"])
+
+
+def test_rotary_rotation_keeps_norms_and_encodes_relative_position():
+    cos, sin = rotary_tables(10, 8, "cpu")
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    q_at = [apply_rotary(q.expand(1, 1, 10, 8), cos, sin)[0, 0, i] for i in range(10)]
+    k_at = [apply_rotary(k.expand(1, 1, 10, 8), cos, sin)[0, 0, i] for i in range(10)]
+    torch.testing.assert_close(q_at[3].norm(), q.norm())
+    # the score depends only on the offset between the positions
+    torch.testing.assert_close(q_at[5] @ k_at[2], q_at[8] @ k_at[5], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_continues_a_prompt_reproducibly():
+    torch.manual_seed(0)
+    model = build_model("llama", 20, dim=16, layers=1, heads=2)
+    prompt = torch.tensor([1, 2, 3])
+    a = generate(model, prompt, 10, generator=torch.Generator().manual_seed(5), top_k=5)
+    b = generate(model, prompt, 10, generator=torch.Generator().manual_seed(5), top_k=5)
+    assert torch.equal(a, b) and len(a) == 13 and torch.equal(a[:3], prompt)
+    assert int(a.max()) < 20
+
+
+@pytest.mark.parametrize("method", ["dense", "rewa"])
+def test_rewa_train_runs_the_language_model_task(text_dir, tmp_path, method):
+    config = load_config(
+        None,
+        [
+            "data.dataset=tinyshakespeare", f"data.data_dir={text_dir}", "data.download=false",
+            "data.batch_size=8", "data.block_size=16", "data.eval_batch_size=16",
+            "model.name=llama", "model.options={dim: 16, layers: 1, heads: 2}",
+            f"method.name={method}", "method.base=adamw", "method.lr=3e-3",
+            "method.options={weight_decay: 0.1}", "schedule.epochs=2", "eval.test=false",
+            "eval.thresholds=[]", "eval.target_sparsities=[0.5, 0.9]", "eval.plots=false",
+            "output.progress=false", "output.tensorboard=false", "train.threads=1",
+        ],
+    )  # fmt: skip
+    result = train(config, tmp_path / "run", echo=lambda _: None)
+    record = result["record"]
+    assert record["train_loss"] < 3.5 and 0 <= record["val_acc"] <= 1  # below log(vocab) = 3.2+
+    evaluation = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert evaluation["final"]["val_loss"] > 0 and "test_acc" not in evaluation["final"]
+    assert evaluation["split_sizes"]["val"] == (len(TEXT) - int(len(TEXT) * 0.9) - 1) // 16 * 16
+    at = evaluation["at_sparsity"]["val"]
+    assert at["0.9"]["sparsity"] >= 0.9 and at["0.5"]["accuracy"] >= 0
+    points = {round(p["sparsity"], 2): p for p in evaluation["sweep"]}
+    assert points[0.9]["val_loss"] > points[0.0]["val_loss"]  # pruning 90% costs loss
