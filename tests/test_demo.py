@@ -41,11 +41,18 @@ def test_default_demo_recovers_the_support_with_exact_zeros(tmp_path):
     """The README's claim: at the default size ReWA finds the support with exact zeros."""
     main(["demo", "--quiet", "--no-plot", "--out-dir", str(tmp_path)])
     rows = json.loads((tmp_path / "results.json").read_text())["results"]
-    rewa_row, sgd_row, adamw_row = rows
+    rewa_row, sgd_row, adamw_row, l1_row = rows
     assert rewa_row["exact_sparsity"] >= 0.99
     assert rewa_row["recall"] == 1.0 and rewa_row["precision"] >= 0.9
     assert sgd_row["exact_sparsity"] == 0.0 and adamw_row["exact_sparsity"] == 0.0
     assert rewa_row["est_error"] < 0.5 * min(sgd_row["est_error"], adamw_row["est_error"])
+    # the paper's baseline, at the strength validation picks: sparse too, but less so than ReWA
+    assert (
+        l1_row["method"].startswith("ℓ1 proximal (λ=")
+        and "chosen on validation" in l1_row["method"]
+    )
+    assert 0.5 < l1_row["exact_sparsity"] < rewa_row["exact_sparsity"]
+    assert l1_row["recall"] == 1.0 and l1_row["precision"] < rewa_row["precision"]
 
 
 def test_demo_is_reproducible(tmp_path):

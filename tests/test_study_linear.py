@@ -170,3 +170,85 @@ def test_bad_flags_give_one_line_errors(bad, tmp_path, capsys):
 def test_study_without_a_name_prints_help(capsys):
     assert main(["study"]) == 2
     assert "linear" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the published protocol
+
+
+def test_published_protocol_is_the_authors_schedule():
+    cfg = study.Settings(**study.PUBLISHED)
+    assert (cfg.epochs, cfg.batch_size, cfg.momentum, cfg.init) == (800, 25, 0.0, "uniform")
+    assert cfg.epochs * cfg.n // cfg.batch_size == 64_000 and cfg.ks == (1,)
+    assert cfg.rewa_sgd_lr == (2e-4,) and 0.25 in cfg.rewa_sgd_kappa
+    assert cfg.sweep_kappa == (0.25,) and cfg.sweep_seeds == 3 and not cfg.sweep_lp
+    assert study.sweep_pairs(cfg)[:3] == [(3, 0.0), (3, 2.0), (5, 0.0)]
+    assert len(study.sweep_pairs(cfg)) == 27
+
+
+def test_published_weight_decay_is_the_per_step_decay_rescaled_with_the_lr():
+    """κ_step = weight_decay · lr_t: κ₀ = 5e-5 at η₀ = 2e-4 is weight_decay = 0.25 (momentum 0,
+    no gradient: y shrinks by 1 − 5e-5 per step at η₀, by half as much at η₀/2)."""
+    import torch
+
+    from rewa import ReWA
+
+    p = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)
+    opt = ReWA([p], lr=2e-4, K=9, M=2, weight_decay=0.25, momentum=0.0)
+    p.grad = torch.zeros(1, dtype=torch.float64)
+    opt.step()
+    y0 = 0.5 ** (1 / 9)
+    assert float(opt.state[p]["y"]) == pytest.approx(y0 * (1 - 5e-5), rel=1e-12)
+    opt.param_groups[0]["lr"] = 1e-4
+    opt.step()
+    assert float(opt.state[p]["y"]) == pytest.approx(y0 * (1 - 5e-5) * (1 - 2.5e-5), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def published_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("published")
+    args = ["study", "linear", "--quick", "--protocol", "published", "--out-dir", str(out)]
+    assert main([*args, "--quiet", "--workers", "1"]) == 0
+    return out
+
+
+def test_published_quick_run_writes_the_km_map(published_quick):
+    out = published_quick
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["settings"]["protocol"] == "published"
+    assert payload["settings"]["init"] == "uniform" and payload["settings"]["momentum"] == 0.0
+    sweep = [r for r in payload["selected"] if r["part"] == "sweep"]
+    cells = study.km_map(sweep)
+    assert {c["seeds"] for c in cells} == {2}
+    assert [(c["K"], c["M"], c["valid"]) for c in cells] == [
+        (3, 0, True), (3, 2, False), (5, 0, True), (5, 2, True), (5, 4, False),
+    ]  # fmt: skip
+    assert (out / "km_map.png").stat().st_size > 0
+    text = (out / "results.md").read_text()
+    assert "The (K, M) map" in text and "no (M = K − 1)" in text
+    families = {r["method"] for r in payload["summary"]}
+    assert {"ReWA-AdamW K=9 M=2", "ReWA-AdamW K=9 M=0 ε=0.001"} <= families
+    assert "torch.nn.Linear's default" in text
+
+
+def test_logistic_study_reports_loss_accuracy_and_support(tmp_path):
+    from rewa.data.synthetic import make_sparse_logistic
+
+    data = make_sparse_logistic(50, 4000, seed=0)
+    assert set(data.y_train.unique().tolist()) == {0.0, 1.0}
+    assert data.beta[:2].tolist() == [1.0, 0.5] and int(data.support.sum()) == 2
+    # the labels follow σ(Xβ): the true coefficients fit them better than zero
+    import torch
+
+    loss = torch.nn.functional.binary_cross_entropy_with_logits
+    assert float(loss(data.X_train @ data.beta, data.y_train)) < float(
+        loss(torch.zeros(len(data.y_train)), data.y_train)
+    )
+    out = tmp_path / "logistic"
+    argv = ["study", "logistic", "--quick", "--out-dir", str(out), "--quiet", "--workers", "1"]
+    assert main([*argv, "--methods", "rewa-sgd", "l1-prox", "lasso"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in payload["summary"]}
+    assert set(rows) == {"ReWA-SGD K=9 M=2", "ℓ1 prox (SGD)", "ℓ1 logistic path (sklearn)"}
+    for row in rows.values():
+        assert 0.5 <= row["test_acc"] <= 1.0 and row["test_loss"] > 0 and "recall" in row
+    assert "validation cross-entropy" in (out / "results.md").read_text()

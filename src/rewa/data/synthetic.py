@@ -84,3 +84,29 @@ def make_sparse_regression(
         y[cut[1] :],
         noise,
     )
+
+
+def make_sparse_logistic(
+    d: int = 1000,
+    n: int = 1000,
+    *,
+    coefficients: tuple[float, ...] = (1.0, 0.5),
+    n_val: int = 0,
+    n_test: int = 2000,
+    seed: int = 0,
+) -> SparseRegression:
+    """Sparse logistic regression (the authors' second synthetic task): X with i.i.d. N(0,1)
+    entries, β = (1, 0.5, 0, ..., 0), labels y ~ Bernoulli(σ(Xβ)) in {0, 1}, no bias.
+    ``noise`` is 0: the randomness is in the labels."""
+    if not 1 <= len(coefficients) <= d or n < 1:
+        raise ValueError(f"need 1 <= len(coefficients) <= d and n >= 1, got d={d}, n={n}")
+    gen = torch.Generator().manual_seed(seed)
+    beta = torch.zeros(d)
+    beta[: len(coefficients)] = torch.tensor(coefficients)
+    X = torch.randn(n + n_val + n_test, d, generator=gen)
+    y = torch.bernoulli(torch.sigmoid(X @ beta), generator=gen)
+    cut = (n, n + n_val)
+    return SparseRegression(
+        beta, X[: cut[0]], y[: cut[0]], X[cut[0] : cut[1]], y[cut[0] : cut[1]],
+        X[cut[1] :], y[cut[1] :], 0.0,
+    )  # fmt: skip

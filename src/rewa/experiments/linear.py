@@ -37,12 +37,27 @@ def cosine_factor(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+INITS = ("correlation", "random", "uniform")
+
+
 def initial_coef(data: SparseRegression, init: str, scale: float, gen: torch.Generator) -> Tensor:
     if init == "correlation":
         return scale * data.X_train.T @ data.y_train / data.X_train.shape[0]
     if init == "random":
         return scale * torch.randn(data.d, generator=gen)
-    raise ValueError(f"init must be 'correlation' or 'random', got {init!r}")
+    if init == "uniform":  # torch.nn.Linear's default: U(±1/√d), whatever ``scale``
+        bound = 1.0 / math.sqrt(data.d)
+        return torch.empty(data.d).uniform_(-bound, bound, generator=gen)
+    raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def data_loss(prediction: Tensor, target: Tensor, loss: str) -> Tensor:
+    """½·mean squared error ("mse") or mean binary cross-entropy of logits ("bce")."""
+    if loss == "mse":
+        return 0.5 * (prediction - target).pow(2).mean()
+    if loss == "bce":
+        return nn.functional.binary_cross_entropy_with_logits(prediction, target)
+    raise ValueError(f"loss must be 'mse' or 'bce', got {loss!r}")
 
 
 def linear_model(coef: Tensor) -> nn.Linear:
@@ -64,11 +79,13 @@ def fit_linear(
     init: str = "correlation",
     penalty: Penalty | None = None,
     seed: int = 0,
+    loss: str = "mse",
     on_step: Callable[[], None] | None = None,
     on_coef: Callable[[int, Tensor], None] | None = None,
     stop_on_nonfinite: bool = True,
 ) -> LinearFit:
-    """Minimize ½·mean((Xβ − y)²) [+ penalty] by minibatches with a cosine learning rate.
+    """Minimize ½·mean((Xβ − y)²) (``loss="mse"``; or the logistic loss of labels y ∈ {0, 1},
+    ``loss="bce"``) [+ penalty] by minibatches with a cosine learning rate.
 
     The optimizer comes either from ``make_optimizer`` (given ``[β]``, with an optional
     ``penalty(β)`` added to the loss) or from ``method`` (given a bias-free ``nn.Linear`` holding
@@ -78,7 +95,8 @@ def fit_linear(
     β starts small and nonzero, the same for every method: ``init="correlation"`` is
     init_scale·Xᵀy/n (one gradient step from 0; its signs are right on a strong support, which
     matters for ReWA, whose updates vanish near 0 so that a weight rarely changes sign), and
-    ``init="random"`` is N(0, init_scale²).
+    ``init="random"`` is N(0, init_scale²), ``init="uniform"`` torch.nn.Linear's U(±1/√d)
+    (the published protocol's).
 
     Every step's loss and a :class:`StabilityMonitor` of β are recorded; training stops at the
     first NaN/inf loss or coefficient when ``stop_on_nonfinite`` (``fit.diverged``).
@@ -117,19 +135,18 @@ def fit_linear(
         epoch_loss = 0.0
         for i in range(0, n, batch_size):
             X_batch, y_batch = X_shuffled[i : i + batch_size], y_shuffled[i : i + batch_size]
-            residual = X_batch @ coef() - y_batch
-            loss = 0.5 * residual.pow(2).mean()
+            objective_data = data_loss(X_batch @ coef(), y_batch, loss)
             extra = sparse.penalty() if sparse is not None else None
             if penalty is not None:
                 extra = penalty(coef()) if extra is None else extra + penalty(coef())
-            objective = loss if extra is None else loss + extra
+            objective = objective_data if extra is None else objective_data + extra
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             monitor.before_step()
             optimizer.step()
             if sparse is not None:
                 sparse.after_step(step, total)
-            value = float(loss.detach())
+            value = float(objective_data.detach())
             monitor.after_step(value)
             if sparse is not None:
                 sparse.observe_loss(value)
@@ -161,38 +178,63 @@ def _mse(coef: Tensor, X: Tensor, y: Tensor) -> float:
     return value if math.isfinite(value) else math.inf
 
 
+def _bce(coef: Tensor, X: Tensor, y: Tensor) -> float:
+    value = float(nn.functional.binary_cross_entropy_with_logits(X @ coef, y))
+    return value if math.isfinite(value) else math.inf
+
+
 @torch.no_grad()
 def regression_metrics(
-    coef: Tensor, data: SparseRegression, support_threshold: float = 1e-3
+    coef: Tensor, data: SparseRegression, support_threshold: float = 1e-3, loss: str = "mse"
 ) -> dict[str, Any]:
     """Test MSE, ‖β̂ − β‖₂, support precision/recall/F1 (|β̂| > threshold), sparsity, bias.
 
     With a validation split, ``val_mse`` too (the only number hyperparameters may be chosen by).
+    For a logistic problem (``loss="bce"``): test and validation cross-entropy (``test_loss``,
+    ``val_loss``) and test accuracy in place of the MSEs.
     """
     coef = coef.detach().float()
     finite = bool(torch.isfinite(coef).all())
+    if loss == "bce":
+        return _classification(coef, data, support_threshold, finite)
     test_mse = _mse(coef, data.X_test, data.y_test) if finite else math.inf
-    true = data.support
-    found = coef.abs() > support_threshold
-    tp = int((found & true).sum())
-    precision = tp / max(int(found.sum()), 1)
-    recall = tp / max(int(true.sum()), 1)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    on_support = coef[true] - data.beta[true]
     val_mse = math.inf
     if data.X_val.shape[0] and finite:
         val_mse = _mse(coef, data.X_val, data.y_val)
     return {
         **({"val_mse": val_mse} if data.X_val.shape[0] else {}),
         "test_mse": test_mse,
+        **_support_metrics(coef, data, support_threshold, finite),
+    }
+
+
+def _support_metrics(coef: Tensor, data: SparseRegression, threshold: float, finite: bool):
+    """Support recovery (|β̂| > threshold), estimation error, sparsity and bias on the support."""
+    true = data.support
+    found = coef.abs() > threshold
+    tp = int((found & true).sum())
+    precision = tp / max(int(found.sum()), 1)
+    recall = tp / max(int(true.sum()), 1)
+    on_support = coef[true] - data.beta[true]
+    return {
         "est_error": float((coef - data.beta).norm()) if finite else math.inf,
         "precision": precision,
         "recall": recall,
-        "f1": f1,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "exact_sparsity": float((coef == 0).float().mean()),
-        "sparsity_1e-3": float((coef.abs() <= 1e-3).float().mean()),
+        "sparsity_1e-3": float((coef.abs() <= threshold).float().mean()),
         # mean signed shrinkage on the true support, relative to |β|: −0.1 = 10% shrunk to 0
         "support_bias": float(
             (on_support * data.beta[true].sign()).mean() / data.beta[true].abs().mean()
         ),
+    }
+
+
+def _classification(coef: Tensor, data: SparseRegression, threshold: float, finite: bool):
+    accuracy = float(((data.X_test @ coef > 0).float() == data.y_test).float().mean())
+    return {
+        "val_loss": _bce(coef, data.X_val, data.y_val) if finite else math.inf,
+        "test_loss": _bce(coef, data.X_test, data.y_test) if finite else math.inf,
+        "test_acc": accuracy if finite else 0.0,
+        **_support_metrics(coef, data, threshold, finite),
     }

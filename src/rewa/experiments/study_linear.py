@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from rewa.cliutil import fraction, nonneg_float, positive_int
-from rewa.data.synthetic import SparseRegression, make_sparse_regression
+from rewa.data.synthetic import SparseRegression, make_sparse_logistic, make_sparse_regression
 from rewa.errors import UsageError
 from rewa.experiments.linear import fit_linear, regression_metrics
 from rewa.experiments.study import study_subparsers
@@ -59,11 +59,19 @@ class Scenario:
     n_val: int = 1000
     n_test: int = 2000
     seed: int = 0
+    random_signs: bool = True
+    task: str = "regression"  # or "logistic": β = (1, 0.5, 0, ...), labels ~ Bernoulli(σ(Xβ))
 
     @property
     def label(self) -> str:
+        if self.task == "logistic":
+            return "logistic, β = (1, 0.5, 0, …)"
         corr = f", AR(1) ρ={self.correlation:g}" if self.correlation else ""
         return f"k={self.k}{corr}"
+
+    @property
+    def loss(self) -> str:
+        return "bce" if self.task == "logistic" else "mse"
 
     def data(self) -> SparseRegression:
         return _cached_data(self)
@@ -71,6 +79,8 @@ class Scenario:
 
 @functools.lru_cache(maxsize=2)
 def _cached_data(s: Scenario) -> SparseRegression:
+    if s.task == "logistic":
+        return make_sparse_logistic(s.d, s.n, n_val=s.n_val, n_test=s.n_test, seed=s.seed)
     return make_sparse_regression(
         s.d,
         s.n,
@@ -79,6 +89,7 @@ def _cached_data(s: Scenario) -> SparseRegression:
         n_val=s.n_val,
         n_test=s.n_test,
         correlation=s.correlation,
+        random_signs=s.random_signs,
         seed=s.seed,
     )
 
@@ -102,6 +113,7 @@ class Candidate:
     K: float | None = None
     M: float | None = None
     p: float | None = None  # the ℓp exponent the method behaves like (1 for ℓ1, None if none)
+    momentum: float = 0.9
 
     @property
     def hyper(self) -> str:
@@ -117,6 +129,8 @@ class Candidate:
 class Settings:
     """What the study runs: sizes, grids, epochs."""
 
+    protocol: str = "short"
+    task: str = "regression"
     d: int = 10_000
     n: int = 2_000
     noise: float = 1.0
@@ -129,10 +143,18 @@ class Settings:
     n_test: int = 2000
     epochs: int = 20
     batch_size: int = 25
+    # how every iterative method starts and moves: see fit_linear
+    init: str = "correlation"
+    momentum: float = 0.9
+    random_signs: bool = True
     sweep_K: tuple[float, ...] = (3, 5, 7, 9, 11, 13)
     sweep_bases: tuple[str, ...] = ("sgd", "adamw")
+    sweep_lp: bool = True  # direct ℓp at each (K, M)'s p in the sweep
+    sweep_seeds: int = 1  # main-scenario seeds the sweep runs on
     main_K: float = 9.0
     main_M: float = 2.0
+    # the AdamW-base ReWA rows of the main table, as (K, M, eps); empty: (main_K, main_M, 0)
+    adamw_variants: tuple[tuple[float, float, float], ...] = ()
     # grids (ReWA's κ and learning rates are absolute; the dense-SGD-type baselines' learning
     # rates are multiples of batch/d, the scale of their stability limit)
     rewa_sgd_lr: tuple[float, ...] = (0.01, 0.03)
@@ -158,7 +180,7 @@ class Settings:
 
     def scenarios(self) -> list[Scenario]:
         base = {"d": self.d, "n": self.n, "noise": self.noise, "n_val": self.n_val}
-        base["n_test"] = self.n_test
+        base.update(n_test=self.n_test, random_signs=self.random_signs, task=self.task)
         out = [Scenario(k=self.ks[0], seed=s, **base) for s in self.seeds]
         variant_seeds = self.seeds[: self.variant_seeds]
         out += [Scenario(k=k, seed=s, **base) for k in self.ks[1:] for s in variant_seeds]
@@ -191,13 +213,59 @@ QUICK = {
     "lasso_alphas": 8,
 }
 
+# The published protocol of the method's authors (issue 15): 800 epochs (64,000 steps), batch 25,
+# lr 2e-4 cosine, momentum 0, torch.nn.Linear's init, 1-sparse truth e₁; ReWA's per-step decay
+# κ₀ = 5e-5 at η₀ = 2e-4 rescaled with the learning rate is weight_decay = κ₀/η₀ = 0.25 (the decay
+# of a step is lr_t·weight_decay). The (K, M) map runs at exactly that, on three seeds.
+PUBLISHED = {
+    "protocol": "published",
+    "epochs": 800,
+    "ks": (1,),
+    "correlated_ks": (),
+    "seeds": (0, 1, 2),
+    "init": "uniform",
+    "momentum": 0.0,
+    "random_signs": False,
+    "rewa_sgd_lr": (2e-4,),
+    "rewa_sgd_kappa": (0.1, 0.25, 0.5),
+    "adamw_variants": ((9.0, 2.0, 0.0), (9.0, 0.0, 1e-3)),
+    "rewa_adamw_lr": (1e-3, 1e-2),
+    "rewa_adamw_kappa": (0.3,),
+    "sgd_lr_factor": (0.2,),
+    "l1_lam": (0.05, 0.1, 0.2),
+    "lp_kappa": (0.03, 0.1),
+    "spred_kappa": (0.03, 0.1),
+    "sweep_kappa": (0.25,),
+    "sweep_bases": ("sgd",),
+    "sweep_lp": False,
+    "sweep_seeds": 3,
+}
+# The authors' second synthetic task, at the published protocol's schedule and grids scaled to
+# the logistic loss (its gradients are smaller than least squares'): d = 1,000, n = 1,000.
+LOGISTIC = {
+    **PUBLISHED,
+    "protocol": "published, logistic",
+    "task": "logistic",
+    "d": 1_000,
+    "n": 1_000,
+    "rewa_sgd_lr": (2e-3,),
+    "rewa_sgd_kappa": (0.03, 0.1),
+    "rewa_adamw_lr": (1e-3, 1e-2),
+    "rewa_adamw_kappa": (0.1,),
+    "sgd_lr_factor": (2.0,),
+    "l1_lam": (0.003, 0.01, 0.03),
+    "lp_kappa": (0.003, 0.01),
+    "spred_kappa": (0.003, 0.01),
+    "sweep": False,
+}
+
 MAIN_FAMILIES = ("rewa-sgd", "rewa-adamw", "l1-prox", "lasso", "lp", "spred", "dense-ls")
 
 # ---------------------------------------------------------------- the grids
 
 
-def _rewa(part, s, cfg, base, K, M):
-    """ReWA (K, M) over its grid; the sweep at the first learning rate only (affordability)."""
+def _rewa(part, s, cfg, base, K, M, eps=0.0):
+    """ReWA (K, M, ε) over its grid; the sweep at the first learning rate only (affordability)."""
     lrs, kappas = (
         (cfg.rewa_sgd_lr, cfg.rewa_sgd_kappa)
         if base == "sgd"
@@ -208,11 +276,12 @@ def _rewa(part, s, cfg, base, K, M):
         kappas = cfg.sweep_kappa if base == "sgd" else kappas
     family = f"ReWA-{'SGD' if base == 'sgd' else 'AdamW'}"
     if part == "main":
-        family += f" K={K:g} M={M:g}"
+        family += f" K={K:g} M={M:g}" + (f" ε={eps:g}" if eps else "")
+    p = lp_exponent(K, M)
     for lr in lrs:
         for kappa in kappas:
-            opts = (("K", K), ("M", M), ("weight_decay", kappa))
-            yield Candidate(part, s, family, "rewa", base, lr, opts, kappa, K, M, lp_exponent(K, M))
+            opts = (("K", K), ("M", M), ("weight_decay", kappa)) + ((("eps", eps),) if eps else ())
+            yield Candidate(part, s, family, "rewa", base, lr, opts, kappa, K, M, p, cfg.momentum)
 
 
 def _lp(part, s, cfg, K, M):
@@ -223,7 +292,7 @@ def _lp(part, s, cfg, K, M):
     for lr in lrs:
         for kappa in cfg.lp_kappa if part == "main" else cfg.sweep_kappa:
             opts = (("lam", kappa / p), ("p", p), ("delta", 0.0))
-            yield Candidate(part, s, family, "lp", "sgd", lr, opts, kappa, K, M, p)
+            yield Candidate(part, s, family, "lp", "sgd", lr, opts, kappa, K, M, p, cfg.momentum)
 
 
 def main_candidates(s: Scenario, cfg: Settings) -> Iterable[Candidate]:
@@ -232,23 +301,35 @@ def main_candidates(s: Scenario, cfg: Settings) -> Iterable[Candidate]:
     if "rewa-sgd" in fams:
         yield from _rewa("main", s, cfg, "sgd", K, M)
     if "rewa-adamw" in fams:
-        yield from _rewa("main", s, cfg, "adamw", K, M)
+        for vK, vM, eps in cfg.adamw_variants or ((K, M, 0.0),):
+            yield from _rewa("main", s, cfg, "adamw", vK, vM, eps)
+    mu = cfg.momentum
     if "l1-prox" in fams:
         for lr in cfg.sgd_lrs:
             for lam in cfg.l1_lam:
                 opts = (("lam", lam),)
-                yield Candidate("main", s, "ℓ1 prox (SGD)", "l1-prox", "sgd", lr, opts, lam, p=1.0)
+                yield Candidate(
+                    "main", s, "ℓ1 prox (SGD)", "l1-prox", "sgd", lr, opts, lam, p=1.0, momentum=mu
+                )
     if "lasso" in fams:
-        yield Candidate("main", s, "Lasso path (sklearn)", "lasso", p=1.0)
+        name = "ℓ1 logistic path (sklearn)" if s.task == "logistic" else "Lasso path (sklearn)"
+        yield Candidate("main", s, name, "lasso", p=1.0)
     if "lp" in fams:
         yield from _lp("main", s, cfg, K, M)
     if "spred" in fams:
         for lr in cfg.sgd_lrs:
             for kappa in cfg.spred_kappa:
                 opts = (("weight_decay", kappa),)
-                yield Candidate("main", s, "Spred", "spred", "sgd", lr, opts, kappa, p=1.0)
+                yield Candidate(
+                    "main", s, "Spred", "spred", "sgd", lr, opts, kappa, p=1.0, momentum=mu
+                )
     if "dense-ls" in fams:
-        yield Candidate("main", s, "dense least squares (ridge path)", "ridge")
+        name = (
+            "dense logistic (ℓ2 path)"
+            if s.task == "logistic"
+            else "dense least squares (ridge path)"
+        )
+        yield Candidate("main", s, name, "ridge")
 
 
 def sweep_pairs(cfg: Settings) -> list[tuple[float, float]]:
@@ -260,14 +341,16 @@ def sweep_candidates(s: Scenario, cfg: Settings) -> Iterable[Candidate]:
     for K, M in sweep_pairs(cfg):
         for base in cfg.sweep_bases:
             yield from _rewa("sweep", s, cfg, base, K, M)
-        yield from _lp("sweep", s, cfg, K, M)
+        if cfg.sweep_lp:
+            yield from _lp("sweep", s, cfg, K, M)
 
 
 def all_candidates(cfg: Settings) -> list[Candidate]:
     scenarios = cfg.scenarios()
     out = [c for s in scenarios for c in main_candidates(s, cfg)]
     if cfg.sweep:
-        out += list(sweep_candidates(scenarios[0], cfg))
+        for s in scenarios[: max(1, min(cfg.sweep_seeds, len(cfg.seeds)))]:
+            out += list(sweep_candidates(s, cfg))
     return out
 
 
@@ -284,24 +367,33 @@ class Outcome:
     curves: dict[str, list[float]] = field(default_factory=dict)
 
 
-def run_candidate(c: Candidate, epochs: int, batch_size: int, lasso_alphas: int) -> Outcome:
+def run_candidate(
+    c: Candidate, epochs: int, batch_size: int, lasso_alphas: int, init: str = "correlation"
+) -> Outcome:
     """Train (or solve) one candidate; every row gets the CPU time of the whole candidate."""
     torch.set_num_threads(1)
     cpu = time.process_time()
     data = c.scenario.data()
+    logistic = c.scenario.task == "logistic"
     if c.method == "lasso":
-        outcome = _lasso_path(c, data, lasso_alphas)
+        outcome = (
+            _logistic_path(c, data, lasso_alphas, "l1")
+            if logistic
+            else _lasso_path(c, data, lasso_alphas)
+        )
     elif c.method == "ridge":
-        outcome = _ridge_path(c, data)
+        outcome = _logistic_path(c, data, lasso_alphas, "l2") if logistic else _ridge_path(c, data)
     else:
-        outcome = _train(c, data, epochs, batch_size)
+        outcome = _train(c, data, epochs, batch_size, init)
     cpu = time.process_time() - cpu
     for row in outcome.rows:
         row["cpu_seconds"] = cpu
     return outcome
 
 
-def _train(c: Candidate, data: SparseRegression, epochs: int, batch_size: int) -> Outcome:
+def _train(
+    c: Candidate, data: SparseRegression, epochs: int, batch_size: int, init: str
+) -> Outcome:
     support = data.support
     trace: dict[str, list[float]] = {"step": [], "support": [], "off_support": []}
     steps = epochs * math.ceil(data.X_train.shape[0] / batch_size)
@@ -317,13 +409,17 @@ def _train(c: Candidate, data: SparseRegression, epochs: int, batch_size: int) -
     options = dict(c.options)
     fit = fit_linear(
         data,
-        method=lambda model: build_method(c.method, model, lr=c.lr, base=c.base, options=options),
+        method=lambda model: build_method(
+            c.method, model, lr=c.lr, momentum=c.momentum, base=c.base, options=options
+        ),
         epochs=epochs,
         batch_size=batch_size,
+        init=init,
         seed=c.scenario.seed,
+        loss=c.scenario.loss,
         on_coef=on_coef,
     )
-    row = _row(c, regression_metrics(fit.coef, data), fit.seconds)
+    row = _row(c, regression_metrics(fit.coef, data, loss=c.scenario.loss), fit.seconds)
     row.update(
         max_update=fit.stability["max_update"],
         max_update_near_zero=fit.stability["max_update_near_zero"],
@@ -386,6 +482,34 @@ def _lasso_path(c: Candidate, data: SparseRegression, count: int) -> Outcome:
     return Outcome(rows, {"alpha": list(map(float, alphas_out)), "support": supports, "off": offs})
 
 
+def _logistic_path(c: Candidate, data: SparseRegression, count: int, penalty: str) -> Outcome:
+    """scikit-learn's logistic regression without intercept along a path of C (inverse
+    strength) for an ℓ1 (liblinear) or ℓ2 (lbfgs) penalty, on the same training split."""
+    _require_sklearn()
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = data.X_train.double().numpy(), data.y_train.numpy()
+    n = X.shape[0]
+    # C from where ℓ1 keeps one coefficient (λ_max = max|Xᵀ(y − ½)|/n) to 300 times weaker
+    lam_max = float(abs(X.T @ (y - 0.5)).max()) / n
+    lams = [lam_max * 300.0 ** (-i / (count - 1)) for i in range(count)]
+    start = time.perf_counter()
+    rows = []
+    for lam in lams:
+        solver = "liblinear" if penalty == "l1" else "lbfgs"
+        model = LogisticRegression(
+            penalty=penalty, C=1.0 / (n * lam), fit_intercept=False, solver=solver, max_iter=2000
+        )
+        model.fit(X, y)
+        beta = torch.from_numpy(model.coef_.reshape(-1)).float()
+        cc = replace(c, options=(("lam", lam),), strength=lam)
+        rows.append(_row(cc, regression_metrics(beta, data, loss="bce"), 0.0, diverged=False))
+    seconds = time.perf_counter() - start
+    for row in rows:
+        row["seconds"] = seconds
+    return Outcome(rows)
+
+
 def _ridge_path(c: Candidate, data: SparseRegression) -> Outcome:
     """Dense least squares: β(α) = Xᵀ(XXᵀ + nαI)⁻¹y minimizes ½·mean((y − Xβ)²) + (α/2)‖β‖²;
     α = 0 is the minimum-norm interpolant when n < d. One eigendecomposition gives every α."""
@@ -423,7 +547,7 @@ def run_all(
     candidates: Sequence[Candidate], cfg: Settings, progress: bool = True
 ) -> list[tuple[Candidate, Outcome]]:
     """Run every candidate, in ``cfg.workers`` processes (one thread each)."""
-    args = (cfg.epochs, cfg.batch_size, cfg.lasso_alphas)
+    args = (cfg.epochs, cfg.batch_size, cfg.lasso_alphas, cfg.init)
     # Longest first (closed-form paths of the big problem, then the fits), grouped by scenario so
     # that each worker's data cache hits.
     order = sorted(
@@ -473,13 +597,15 @@ def select(results: Iterable[tuple[Candidate, Outcome]]) -> dict[tuple, tuple[di
 
 
 def _score(row: dict[str, Any]) -> float:
-    """Validation MSE, with NaN (a diverged run) worst."""
-    value = row["val_mse"]
+    """Validation MSE (cross-entropy for a logistic task), with NaN (a diverged run) worst."""
+    value = row["val_mse"] if "val_mse" in row else row["val_loss"]
     return value if value == value else math.inf
 
 
 SUMMARY = [
     "test_mse",
+    "test_loss",
+    "test_acc",
     "est_error",
     "precision",
     "recall",
@@ -528,6 +654,8 @@ def _pm(value: float, std: float, fmt: str) -> str:
 
 MD_COLUMNS = {
     "test_mse": ".4f",
+    "test_loss": ".4f",
+    "test_acc": ".4f",
     "est_error": ".4f",
     "precision": ".2f",
     "recall": ".2f",
@@ -559,7 +687,8 @@ def main_markdown(summary: list[dict[str, Any]]) -> str:
         header = f"### {scenario} ({seeds} seed{'s' if seeds > 1 else ''}: mean ± std)"
         parts.append(header + "\n\n" + markdown_table(cells, cols))
         chosen = "\n".join(f"- {r['method']}: {r['selected']}" for r in rows)
-        parts.append("Selected on validation MSE (per seed):\n" + chosen)
+        score = "cross-entropy" if "test_loss" in rows[0] else "MSE"
+        parts.append(f"Selected on validation {score} (per seed):\n" + chosen)
     return "\n\n".join(parts)
 
 
@@ -596,8 +725,19 @@ SWEEP_FORMATS = {
 # ---------------------------------------------------------------- the command
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    cfg = Settings(**QUICK) if args.quick else Settings()
+PROTOCOLS = {"short": {}, "published": PUBLISHED}
+
+
+def settings_from_args(args: argparse.Namespace, task: str = "regression") -> Settings:
+    preset = LOGISTIC if task == "logistic" else PROTOCOLS[args.protocol]
+    cfg = Settings(**preset)
+    if args.quick:  # a small problem, the protocol's schedule and init kept
+        quick = dict(QUICK)
+        if preset is not PROTOCOLS["short"]:  # the protocol's grids on a small problem
+            sizes = ("d", "n", "n_val", "n_test", "sweep_K", "lasso_alphas")
+            quick = {k: v for k, v in quick.items() if k in sizes}
+            quick.update(seeds=(0, 1), epochs=40)  # two seeds: the map's mean ± std
+        cfg = replace(cfg, **quick)
     for name in ("d", "n", "noise", "epochs", "batch_size", "workers", "n_val", "n_test"):
         value = getattr(args, name)
         if value is not None:
@@ -615,7 +755,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if unknown:
             raise UsageError(f"unknown method {unknown[0]!r}; valid: {', '.join(MAIN_FAMILIES)}")
         cfg.families = tuple(args.methods)
-    cfg.sweep = not args.no_sweep
+    cfg.sweep = cfg.sweep and not args.no_sweep
     _validate(cfg)
     return cfg
 
@@ -638,14 +778,16 @@ def _validate(cfg: Settings) -> None:
         _require_sklearn()
 
 
-def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    cfg = settings_from_args(args)
+def run(
+    args: argparse.Namespace, echo: Callable[[str], None] = print, task: str = "regression"
+) -> dict[str, Any]:
+    cfg = settings_from_args(args, task)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     candidates = all_candidates(cfg)
     fits = sum(c.method not in ("lasso", "ridge") for c in candidates)
     echo(
-        f"study linear: d={cfg.d}, n={cfg.n}, σ={cfg.noise:g}, {len(cfg.scenarios())} scenario "
+        f"study {task}: d={cfg.d}, n={cfg.n}, σ={cfg.noise:g}, {len(cfg.scenarios())} scenario "
         f"draws, {fits} training runs of {cfg.epochs} epochs + closed-form paths, "
         f"{cfg.workers} worker(s)"
     )
@@ -660,7 +802,7 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[s
     summary = summarize(selected)
     sweep_rows = sorted(
         (r for r in selected if r["part"] == "sweep"),
-        key=lambda r: (r["family"], r["K"], r["M"]),
+        key=lambda r: (r["family"], r["K"], r["M"], r["seed"]),
     )
     grid = [row for _, o in results for row in o.rows]
     cpu = sum(o.rows[0]["cpu_seconds"] for _, o in results)
@@ -694,18 +836,42 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> dict[s
     return payload
 
 
-def _markdown(cfg: Settings, summary, sweep_rows, wall: float, cpu: float) -> str:
-    workers = f"{cfg.workers} worker process(es), 1 thread each"
-    lines = [
-        "# Sparse-regression study (`rewa study linear`)",
-        "",
+INIT_TEXT = {
+    "correlation": "same init 1e-3·Xᵀy/n (small, nonzero, with the right signs on a strong "
+    "support: ReWA's updates vanish near 0, so a weight rarely changes sign)",
+    "uniform": "same init U(±1/√d) (torch.nn.Linear's default, as the published protocol: random "
+    "signs, so a true coefficient can start on the wrong side of 0)",
+    "random": "same init N(0, 1e-6)",
+}
+
+
+def _problem_text(cfg: Settings) -> str:
+    if cfg.task == "logistic":
+        return (
+            f"Labels y ~ Bernoulli(σ(Xβ)) with β = (1, 0.5, 0, …, 0), no bias, X ∈ R^(n×d) "
+            f"i.i.d. N(0,1), d = {cfg.d:,}, n = {cfg.n:,} training rows, {cfg.n_val:,} "
+            f"validation, {cfg.n_test:,} test; logistic (cross-entropy) loss"
+        )
+    truth = "k nonzeros of ±1" if cfg.random_signs else "k nonzeros of +1 (k = 1: β = e₁)"
+    return (
         f"y = Xβ + σξ, X ∈ R^(n×d) i.i.d. N(0,1) (AR(1) columns where stated), d = {cfg.d:,}, "
         f"n = {cfg.n:,} training rows, {cfg.n_val:,} validation, {cfg.n_test:,} test, σ = "
-        f"{cfg.noise:g}, k nonzeros of ±1. Every iterative method: {cfg.epochs} epochs of "
-        f"minibatch {cfg.batch_size}, cosine learning rate, same loop, same init 1e-3·Xᵀy/n "
-        "(small, nonzero, with the right signs on a strong support: ReWA's updates vanish near "
-        "0, so a weight rarely changes sign). "
-        "Hyperparameters: the smallest validation MSE over the grid (never test). "
+        f"{cfg.noise:g}, {truth}"
+    )
+
+
+def _markdown(cfg: Settings, summary, sweep_rows, wall: float, cpu: float) -> str:
+    workers = f"{cfg.workers} worker process(es), 1 thread each"
+    score = "cross-entropy" if cfg.task == "logistic" else "MSE"
+    title = "Sparse logistic regression" if cfg.task == "logistic" else "Sparse-regression"
+    lines = [
+        f"# {title} study (`rewa study {'logistic' if cfg.task == 'logistic' else 'linear'}`, "
+        f"protocol: {cfg.protocol})",
+        "",
+        f"{_problem_text(cfg)}. Every iterative method: {cfg.epochs} epochs of "
+        f"minibatch {cfg.batch_size}, cosine learning rate, momentum {cfg.momentum:g} (SGD "
+        f"bases), same loop, {INIT_TEXT[cfg.init]}. "
+        f"Hyperparameters: the smallest validation {score} over the grid (never test). "
         "Support / precision / recall: |β̂ⱼ| > 1e-3; exact sparsity: β̂ⱼ == 0 over all d "
         "coefficients; support bias: mean signed error on the true support relative to |β| "
         "(−0.1 = shrunk by 10%); max update: largest |Δβ̂ⱼ| in one step, and (near zero) over the "
@@ -715,7 +881,9 @@ def _markdown(cfg: Settings, summary, sweep_rows, wall: float, cpu: float) -> st
         "",
         main_markdown(summary),
     ]
-    if sweep_rows:
+    if sweep_rows and cfg.sweep_seeds > 1:
+        lines += ["", *_map_markdown(cfg, sweep_rows)]
+    elif sweep_rows:
         lines += [
             "",
             f"## Sweep over p on {cfg.scenarios()[0].label} (seed {cfg.seeds[0]})",
@@ -740,6 +908,50 @@ def _markdown(cfg: Settings, summary, sweep_rows, wall: float, cpu: float) -> st
     return "\n".join(lines) + "\n"
 
 
+MAP_METRICS = ("test_mse", "est_error", "exact_sparsity", "sparsity_1e-3", "f1", "support_bias")
+
+
+def km_map(sweep_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds of each (family, K, M) cell of the sweep; ``valid`` is
+    0 ≤ M < K − 1 (M = K − 1 is plain reparameterization, with its saddle at 0)."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in sweep_rows:
+        cells[(r["family"], r["K"], r["M"])].append(r)
+    out = []
+    for (family, K, M), rows in sorted(cells.items()):
+        cell: dict[str, Any] = {"family": family, "K": K, "M": M, "p": rows[0]["p"]}
+        cell.update(seeds=len(rows), valid=M < K - 1, hyper=rows[0]["hyper"])
+        for key in MAP_METRICS:
+            values = [float(r[key]) for r in rows]
+            cell[key] = statistics.fmean(values)
+            cell[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(cell)
+    return out
+
+
+def _map_markdown(cfg: Settings, sweep_rows) -> list[str]:
+    cells = km_map(sweep_rows)
+    rows = [
+        {
+            "K": f"{c['K']:g}",
+            "M": f"{c['M']:g}",
+            "p": f"{c['p']:.3f}",
+            "valid": "yes" if c["valid"] else "no (M = K − 1)",
+            **{k: _pm(c[k], c[f"{k}_std"], MD_COLUMNS.get(k, ".4f")) for k in MAP_METRICS},
+        }
+        for c in cells
+    ]
+    return [
+        f"## The (K, M) map ({cells[0]['family']}, {cells[0]['hyper']}; mean ± std of "
+        f"{cells[0]['seeds']} seeds)",
+        "",
+        "Every odd K of 3..13 with every even M < K, at the published hyperparameters. ReWA "
+        "(K, M) behaves like ℓp with p = (K + 1 − M)/K. Heatmaps: km_map.png.",
+        "",
+        markdown_table(rows, ["K", "M", "p", "valid", *MAP_METRICS]),
+    ]
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     p = study_subparsers(commands).add_parser(
         "linear",
@@ -751,11 +963,61 @@ def register(commands: argparse._SubParsersAction) -> None:
         "takes minutes on 2 cores; --quick takes well under a minute.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _arguments(p, "linear")
+    p.set_defaults(func=_main)
+    q = study_subparsers(commands).add_parser(
+        "logistic",
+        help="the sparse logistic-regression study: β = (1, 0.5, 0, ...), the same methods",
+        description="The authors' second synthetic task: labels ~ Bernoulli(σ(Xβ)) with "
+        "β = (1, 0.5, 0, ..., 0), no bias, logistic loss (d = 1,000, n = 1,000), trained by every "
+        "method of `rewa study linear` at the published protocol's schedule (800 epochs, batch "
+        "25, cosine, momentum 0, torch.nn.Linear init) with hyperparameters chosen on validation "
+        "cross-entropy; ℓ1- and ℓ2-penalized scikit-learn paths as references. Reports support "
+        "recovery, test loss and accuracy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _arguments(q, "logistic")
+    q.set_defaults(func=_logistic)
+
+
+def _arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--quick", action="store_true", help="a small problem and grid (for tests)")
     p.add_argument("--d", type=positive_int, help="number of features (default 10000)")
     p.add_argument("--n", type=positive_int, help="training samples (default 2000)")
     p.add_argument("--n-val", type=positive_int, help="validation samples (default 1000)")
     p.add_argument("--n-test", type=positive_int, help="test samples (default 2000)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", help="seeds of the main scenario (default 0 1 2)"
+    )
+    p.add_argument("--epochs", type=positive_int, help="training epochs per run (default 20)")
+    p.add_argument("--batch-size", type=positive_int, help="minibatch size (default 25)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="NAME",
+        help=f"main-table methods (default all: {' '.join(MAIN_FAMILIES)})",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        help="parallel processes, one thread each (default 2; 1 runs in this process)",
+    )
+    p.add_argument("--out-dir", default=f"runs/study_{name}", help="where the results go")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if name != "linear":  # the logistic task has one problem and no sweep
+        p.set_defaults(protocol="published", noise=None, ks=None, correlated_ks=None)
+        p.set_defaults(correlation=None, variant_seeds=None, sweep_K=None, no_sweep=True)
+        return
+    p.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="short",
+        help="short: 20 epochs, momentum 0.9, correlation init, k = 1, 10, 50 and a correlated "
+        "design; published: the authors' protocol (800 epochs, batch 25, lr 2e-4 cosine, "
+        "momentum 0, torch.nn.Linear init, β = e₁, ReWA weight_decay 0.25 = κ₀/η₀) with the "
+        "(K, M) map on three seeds",
+    )
     p.add_argument("--noise", type=nonneg_float, help="noise standard deviation σ (default 1)")
     p.add_argument(
         "--ks",
@@ -776,15 +1038,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="AR(1) correlation ρ of the correlated variants, ρ^|i−j| (default 0.5)",
     )
     p.add_argument(
-        "--seeds", type=int, nargs="+", help="seeds of the main scenario (default 0 1 2)"
-    )
-    p.add_argument(
         "--variant-seeds",
         type=positive_int,
         help="how many of --seeds the other scenarios use (default 1)",
     )
-    p.add_argument("--epochs", type=positive_int, help="training epochs per run (default 20)")
-    p.add_argument("--batch-size", type=positive_int, help="minibatch size (default 25)")
     p.add_argument(
         "--sweep-K",
         type=float,
@@ -792,25 +1049,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="ReWA orders K of the p sweep, each with every even M < K (default 3 5 7 9 11 13)",
     )
     p.add_argument("--no-sweep", action="store_true", help="skip the sweep over p")
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        metavar="NAME",
-        help=f"main-table methods (default all: {' '.join(MAIN_FAMILIES)})",
-    )
-    p.add_argument(
-        "--workers",
-        type=positive_int,
-        help="parallel processes, one thread each (default 2; 1 runs in this process)",
-    )
-    p.add_argument("--out-dir", default="runs/study_linear", help="where the results go")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     run(args)
+    return 0
+
+
+def _logistic(args: argparse.Namespace) -> int:
+    run(args, task="logistic")
     return 0
 
 

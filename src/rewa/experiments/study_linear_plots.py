@@ -25,14 +25,65 @@ def write_all(
     """Write every plot the data allows; returns the file names."""
     written = []
     main = cfg.scenarios()[0]
-    if sweep_rows:
-        error_vs_p(out / "error_vs_p.png", sweep_rows, _main_refs(selected, main))
+    if sweep_rows and cfg.sweep_seeds > 1:
+        from rewa.experiments.study_linear import km_map
+
+        km_heatmaps(out / "km_map.png", km_map(sweep_rows))
+        written.append("km_map.png")
+    first_seed = [r for r in sweep_rows if r["seed"] == main.seed]
+    if first_seed:
+        error_vs_p(out / "error_vs_p.png", first_seed, _main_refs(selected, main))
         written.append("error_vs_p.png")
-        if training_loss(out / "training_loss.png", results, main):
+        own = [(c, o) for c, o in results if c.scenario == main]
+        if training_loss(out / "training_loss.png", own, main):
             written.append("training_loss.png")
     if coefficient_paths(out / "coefficient_paths.png", results, selected, main):
         written.append("coefficient_paths.png")
     return written
+
+
+def km_heatmaps(path: Path, cells: Sequence[dict[str, Any]]) -> None:
+    """Test MSE, estimation error and exact sparsity over (K, M), mean over seeds; cells with
+    M = K − 1 (plain reparameterization) hatched."""
+    import numpy as np
+
+    Ks = sorted({c["K"] for c in cells})
+    Ms = sorted({c["M"] for c in cells})
+    panels = [
+        ("test_mse", "test MSE", "log"),
+        ("est_error", "‖β̂ − β‖₂", "log"),
+        ("exact_sparsity", "exact sparsity (β̂ = 0)", "linear"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+        grid = np.full((len(Ms), len(Ks)), np.nan)
+        for c in cells:
+            grid[Ms.index(c["M"]), Ks.index(c["K"])] = c[key]
+        shown = np.log10(np.maximum(grid, FLOOR)) if scale == "log" else grid
+        image = ax.imshow(shown, origin="lower", cmap="viridis", aspect="auto")
+        for c in cells:
+            i, j = Ms.index(c["M"]), Ks.index(c["K"])
+            value = c[key]
+            text = f"{value:.3g}" if scale == "log" else f"{value:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w")
+            if not c["valid"]:
+                ax.add_patch(
+                    plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", ec="r")
+                )
+        ax.set_xticks(range(len(Ks)), [f"{k:g}" for k in Ks])
+        ax.set_yticks(range(len(Ms)), [f"{m:g}" for m in Ms])
+        ax.set_xlabel("K")
+        ax.set_ylabel("M")
+        ax.set_title(label + (" (log10 colour)" if scale == "log" else ""), fontsize=10)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    seeds = cells[0]["seeds"] if cells else 0
+    fig.suptitle(
+        f"ReWA-SGD over (K, M), mean of {seeds} seeds; hatched: M = K − 1 (plain "
+        "reparameterization, saddle at 0)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _main_refs(selected: dict, main) -> dict[str, dict[str, Any]]:
