@@ -24,6 +24,12 @@ def test_generated_shapes_are_the_models_parameters(name, classes):
     assert sorted(shapes) == sorted(model_shapes)
 
 
+def test_llama_shapes_are_the_language_models_parameters():
+    model = build_model("llama", num_classes=65, dim=192, layers=6, heads=6)
+    assert [tuple(p.shape) for p in model.parameters()] == PARAM_SETS["llama"]()
+    assert numel(PARAM_SETS["llama"]()) == 2_681_664
+
+
 def test_flat_set_is_one_10m_tensor():
     assert PARAM_SETS["flat10m"]() == [(10_000_000,)]
 

@@ -67,6 +67,22 @@ def resnet50(num_classes: int = 1000) -> list[Shape]:
     return [*shapes, (num_classes, 2048), (num_classes,)]
 
 
+def llama(vocab: int = 65, dim: int = 192, layers: int = 6, hidden: int = 512) -> list[Shape]:
+    """The tiny-Shakespeare LLaMA-style decoder of configs/tinyshakespeare_llama_*.yaml: token
+    embedding; per block RMSNorm, qkv and output projections, RMSNorm, SwiGLU gate/up/down; final
+    RMSNorm and head (no biases)."""
+    block = [
+        (dim,),
+        (3 * dim, dim),
+        (dim, dim),
+        (dim,),
+        (hidden, dim),
+        (hidden, dim),
+        (dim, hidden),
+    ]
+    return [(vocab, dim), *block * layers, (dim,), (vocab, dim)]
+
+
 def flat(numel: int = 10_000_000) -> list[Shape]:
     """One flat tensor: the pure memory-bandwidth case, no per-tensor overhead."""
     return [(numel,)]
@@ -76,6 +92,7 @@ PARAM_SETS: dict[str, Callable[[], list[Shape]]] = {
     "resnet20": lambda: cifar_resnet(20),
     "resnet18": cifar_resnet18,
     "resnet50": resnet50,
+    "llama": llama,
     "flat10m": flat,
 }
 

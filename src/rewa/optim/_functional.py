@@ -22,6 +22,7 @@ A compiled variant of the same math lives in :mod:`rewa.optim._compiled`.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -260,21 +261,28 @@ def adamw_update(
     steps: list[Tensor],
     h: Hyper,
 ) -> None:
-    """Algorithm 2 (``steps`` already incremented): Adam on ĝ = s*g, decoupled decay on y."""
+    """Algorithm 2 (``steps`` already incremented): Adam on ĝ = s*g, decoupled decay on y.
+
+    Overflow guard: ĝ is clamped to ±√max/2 of its dtype, so that m (a mean of such values) and
+    v (of their squares) stay finite without clamps of their own; it acts only on gradients
+    beyond 1e19 in float32, where Adam's normalized step is the same anyway.
+    """
     gs = _as_dtype(gs, ys[0].dtype)
-    big = torch.finfo(ys[0].dtype).max
     scratch = _scratch(xs, ys, h)
     ghat = scale(ys, h, scratch)
-    if ghat is None:
+    if ghat is None:  # no scale: ĝ is the gradient itself, which must not be clamped in place
         ghat = gs
+        torch._foreach_lerp_(ms, ghat, 1.0 - h.beta1)
+        _clamp_(ms, torch.finfo(ys[0].dtype).max)  # lerp forms g - m, which can overflow
+        torch._foreach_mul_(vs, h.beta2)
+        torch._foreach_addcmul_(vs, ghat, ghat, value=1.0 - h.beta2)
+        torch._foreach_clamp_max_(vs, torch.finfo(ys[0].dtype).max)
     else:
         torch._foreach_mul_(ghat, gs)
-        _clamp_(ghat, big)
-    torch._foreach_lerp_(ms, ghat, 1.0 - h.beta1)
-    _clamp_(ms, big)  # lerp forms ghat - m, which can overflow
-    torch._foreach_mul_(vs, h.beta2)
-    torch._foreach_addcmul_(vs, ghat, ghat, value=1.0 - h.beta2)
-    torch._foreach_clamp_max_(vs, big)
+        _clamp_(ghat, 0.5 * math.sqrt(torch.finfo(ys[0].dtype).max))
+        torch._foreach_lerp_(ms, ghat, 1.0 - h.beta1)
+        torch._foreach_mul_(vs, h.beta2)
+        torch._foreach_addcmul_(vs, ghat, ghat, value=1.0 - h.beta2)
     if h.lr == 0.0:
         return
     torch._foreach_mul_(ys, 1.0 - h.lr * h.weight_decay)
@@ -285,7 +293,10 @@ def adamw_update(
         denom = scratch
         for o, v in zip(denom, vs, strict=True):
             torch.sqrt(v, out=o)
-    torch._foreach_div_(denom, bias2_sqrt)
-    torch._foreach_add_(denom, h.adam_eps)
-    torch._foreach_addcdiv_(ys, ms, denom, step_sizes)
+    # torch's AdamW: y += step · m / (√v / b + eps) with b = √(1 − β2^t); the same as
+    # y += (step · b) · m / (√v + eps · b), one pass fewer
+    torch._foreach_add_(denom, [h.adam_eps * b for b in bias2_sqrt])
+    torch._foreach_addcdiv_(
+        ys, ms, denom, [a * b for a, b in zip(step_sizes, bias2_sqrt, strict=True)]
+    )
     update_x(xs, ys, h)
