@@ -129,3 +129,43 @@ def test_rewa_train_runs_the_language_model_task(text_dir, tmp_path, method):
     assert at["0.9"]["sparsity"] >= 0.9 and at["0.5"]["accuracy"] >= 0
     points = {round(p["sparsity"], 2): p for p in evaluation["sweep"]}
     assert points[0.9]["val_loss"] > points[0.0]["val_loss"]  # pruning 90% costs loss
+
+
+def test_study_script_trains_prunes_fine_tunes_and_samples(text_dir, tmp_path):
+    """scripts/tinyshakespeare.sh at toy size: two methods, pruning at 50-90% with the short
+    masked fine-tuning, then `rewa study lm`: the table, the plot and text samples."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    toy = (
+        "--set model.options.dim=16 --set model.options.layers=1 --set model.options.heads=2 "
+        "--set data.batch_size=8 --set data.block_size=16 --set data.eval_batch_size=16 "
+        "--set schedule.epochs=1 --set train.threads=1 --set output.tensorboard=false "
+        "--set eval.plots=false --set data.download=false"
+    )
+    env = {
+        **os.environ, "DATA": str(text_dir), "RUNS": str(tmp_path / "runs"),
+        "OUT": str(tmp_path / "out"), "EXTRA": toy, "ONLY": "dense rewa",
+        "FT_TOKENS": "256",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(root / "scripts" / "tinyshakespeare.sh")], cwd=root, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out"
+    text = (out / "results.md").read_text()
+    assert "## One-shot prune" in text and "## After the short masked fine-tuning" in text
+    assert "dense AdamW, then pruned" in text and "ReWA-AdamW K=9 M=2" in text
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["sparsity"] for r in rows} == {0.0, 0.5, 0.7, 0.8, 0.9}
+    assert all(r["val_loss_ft"] is not None for r in rows if r["sparsity"] > 0)
+    assert all(r["model_sparsity"] < r["pruned_sparsity"] for r in rows if r["sparsity"] > 0)
+    samples = (out / "samples.md").read_text()
+    assert samples.count("```") == 4 and "80% sparse + fine-tuned" in samples
+    assert (out / "loss_sparsity.png").stat().st_size > 0
+    prune = json.loads((out / "runs" / "rewa" / "prune_0.8" / "prune.json").read_text())
+    assert prune["pruned"]["sparsity"] >= 0.8 and prune["finetune"]["masks_hold"] is True

@@ -16,6 +16,7 @@ COMMANDS = [
     "rewa.experiments.train_cli",
     "rewa.experiments.study_linear",
     "rewa.experiments.study_cifar",
+    "rewa.experiments.study_lm",
     "rewa.experiments.bench",
     "rewa.experiments.prune_cli",
     "rewa.experiments.target_sparsity",

@@ -75,6 +75,7 @@ def final_evaluation(
         "weights": "last epoch (never best-test)",
         "denominator": "conv + linear weights",
         "split_sizes": {name: split_size(batches) for name, batches in splits.items()},
+        "parameters": sum(p.numel() for p in model.parameters()),
         "final": {
             **{f"{s}_acc": as_trained.get(f"{s}_acc") for s in splits},
             **{f"{s}_loss": as_trained.get(f"{s}_loss") for s in splits},
