@@ -264,6 +264,8 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.device = distributed.local_device(select_device(cfg.train.device))
         self.bf16 = use_bf16(cfg.model.bf16, self.device)
+        if self.device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest convolutions
+            torch.backends.cudnn.benchmark = True
         self.deferred = DeferredCheck(self.device) if self.defer_host_syncs() else None
         seed_everything(cfg.train.seed)
         self.data = load_data(cfg)
