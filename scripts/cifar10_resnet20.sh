@@ -45,58 +45,14 @@ STUDY=(
   "str_5e-4         str     all   --set method.options.weight_decay=5.0e-4"
 )
 
-commit() {  # WHAT: commit $OUT alone (other staged or unstaged work is left as it is)
-  [ "$COMMIT" = 1 ] || return 0
-  git add -- "$OUT" && git commit -q -m "results/cifar10_resnet20: $1" -- "$OUT" \
-    || echo "WARNING: could not commit $1 (commit $OUT by hand)"
+CONFIG_PREFIX=cifar10_resnet20_
+prune_run() {  # NAME S: prune to S, re-estimate BatchNorm, masked fine-tuning
+  rewa prune "$RUNS/$1" --sparsity "$2" --bn-recalibrate "$BN_IMAGES" \
+    --finetune-epochs "$FT_EPOCHS" --out "$RUNS/$1/prune_$2" --resume --quiet --data-dir "$DATA" \
+    --set output.progress=false --set eval.thresholds=[] --set eval.target_sparsities=[]
 }
 
-save() {  # NAME: copy the run's small files (not checkpoints) next to the table
-  local name=$1 dest="$OUT/runs/$1"
-  mkdir -p "$dest"
-  for f in config.yaml run.json metrics.jsonl eval.json eval.md; do
-    [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "$dest/"
-  done
-  for p in "$RUNS/$name"/prune_*; do
-    [ -f "$p/prune.json" ] || continue
-    mkdir -p "$dest/$(basename "$p")"
-    cp "$p/prune.json" "$p/prune.md" "$dest/$(basename "$p")/"
-  done
-}
-
-train() {  # NAME CONFIG [ARGS...]
-  local name=$1 config=$2; shift 2
-  [ -f "$RUNS/$name/eval.json" ] && return 0
-  echo "$(date -u +%FT%TZ) training $name"
-  rewa train --config "configs/cifar10_resnet20_$config.yaml" --resume \
-    --set data.data_dir="$DATA" --set output.runs_root="$RUNS" --set output.name="$name" \
-    --set output.progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$RUNS/$name.log" 2>&1 \
-    || { echo "FAILED: $name (see $RUNS/$name.log)"; return 1; }
-  save "$name" && commit "$name trained"
-}
-
-prune() {  # NAME S: prune to S, re-estimate BatchNorm, masked fine-tuning
-  local name=$1 s=$2 out="$RUNS/$1/prune_$2"
-  [ -f "$out/prune.json" ] && return 0
-  echo "$(date -u +%FT%TZ) pruning $name to $s"
-  rewa prune "$RUNS/$name" --sparsity "$s" --bn-recalibrate "$BN_IMAGES" \
-    --finetune-epochs "$FT_EPOCHS" --out "$out" --resume --quiet --data-dir "$DATA" \
-    --set output.progress=false --set eval.thresholds=[] --set eval.target_sparsities=[] \
-    >"$RUNS/$name.prune_$s.log" 2>&1 \
-    || { echo "FAILED: prune $name $s (see $RUNS/$name.prune_$s.log)"; return 1; }
-  save "$name" && commit "$name pruned to $s"
-}
-
-mkdir -p "$RUNS" "$OUT"
-failed=0
-for entry in "${STUDY[@]}"; do
-  read -r -a words <<<"$entry"
-  name=${words[0]} config=${words[1]} at=${words[2]}
-  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
-  train "$name" "$config" "${words[@]:3}" || { failed=1; continue; }
-  [ "$at" = all ] && at=$ALL
-  for s in $at; do prune "$name" "$s" || failed=1; done
-done
-[ "$failed" = 0 ] || { echo "some steps failed; rerun the same command to resume them"; exit 1; }
+. "$(dirname "$0")/lib/study.sh"
+study_main
 rewa study cifar "$OUT/runs" --out "$OUT"
-commit "table and plot"
+study_commit "table and plot"

@@ -35,58 +35,15 @@ STUDY=(
   "l1prox_3e-3     l1prox   all   --set method.options.lam=3.0e-3"
 )
 
-commit() {
-  [ "$COMMIT" = 1 ] || return 0
-  git add -- "$OUT" && git commit -q -m "results/tinyshakespeare: $1" -- "$OUT" \
-    || echo "WARNING: could not commit $1 (commit $OUT by hand)"
-}
-
-save() {  # NAME: the run's small files (not checkpoints) next to the table
-  local name=$1 dest="$OUT/runs/$1"
-  mkdir -p "$dest"
-  for f in config.yaml run.json metrics.jsonl eval.json eval.md; do
-    [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "$dest/"
-  done
-  for p in "$RUNS/$name"/prune_*; do
-    [ -f "$p/prune.json" ] || continue
-    mkdir -p "$dest/$(basename "$p")"
-    cp "$p/prune.json" "$p/prune.md" "$dest/$(basename "$p")/"
-  done
-}
-
-train() {  # NAME CONFIG [ARGS...]
-  local name=$1 config=$2; shift 2
-  [ -f "$RUNS/$name/eval.json" ] && return 0
-  echo "$(date -u +%FT%TZ) training $name"
-  rewa train --config "configs/tinyshakespeare_llama_$config.yaml" --resume \
-    --set data.data_dir="$DATA" --set output.runs_root="$RUNS" --set output.name="$name" \
-    --set output.progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$RUNS/$name.log" 2>&1 \
-    || { echo "FAILED: $name (see $RUNS/$name.log)"; return 1; }
-  save "$name" && commit "$name trained"
-}
-
-prune() {  # NAME S: prune the attention/MLP matrices to S, short masked fine-tuning
-  local name=$1 s=$2 out="$RUNS/$1/prune_$2"
-  [ -f "$out/prune.json" ] && return 0
-  echo "$(date -u +%FT%TZ) pruning $name to $s"
-  rewa prune "$RUNS/$name" --sparsity "$s" --finetune-epochs 1 --finetune-lr "$FT_LR" \
-    --finetune-weight-decay 0 --out "$out" --resume --quiet --data-dir "$DATA" \
+CONFIG_PREFIX=tinyshakespeare_llama_
+prune_run() {  # NAME S: prune the attention/MLP matrices to S, short masked fine-tuning
+  rewa prune "$RUNS/$1" --sparsity "$2" --finetune-epochs 1 --finetune-lr "$FT_LR" \
+    --finetune-weight-decay 0 --out "$RUNS/$1/prune_$2" --resume --quiet --data-dir "$DATA" \
     --set data.limit_train="$FT_TOKENS" --set output.progress=false \
-    --set eval.target_sparsities=[] >"$RUNS/$name.prune_$s.log" 2>&1 \
-    || { echo "FAILED: prune $name $s (see $RUNS/$name.prune_$s.log)"; return 1; }
-  save "$name" && commit "$name pruned to $s"
+    --set eval.target_sparsities=[]
 }
 
-mkdir -p "$RUNS" "$OUT"
-failed=0
-for entry in "${STUDY[@]}"; do
-  read -r -a words <<<"$entry"
-  name=${words[0]} config=${words[1]} at=${words[2]}
-  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
-  train "$name" "$config" "${words[@]:3}" || { failed=1; continue; }
-  [ "$at" = all ] && at=$ALL
-  for s in ${at//,/ }; do prune "$name" "$s" || failed=1; done
-done
-[ "$failed" = 0 ] || { echo "some steps failed; rerun the same command to resume them"; exit 1; }
+. "$(dirname "$0")/lib/study.sh"
+study_main
 rewa study lm "$OUT/runs" --out "$OUT" --checkpoints "$RUNS" --data-dir "$DATA"
-commit "table, plot and samples"
+study_commit "table, plot and samples"

@@ -1,0 +1,58 @@
+# Shared by the study scripts (scripts/cifar10_resnet20.sh, scripts/tinyshakespeare.sh): train the
+# runs of $STUDY one after another (resuming), prune each at its sparsities, keep each run's small
+# files in $OUT/runs/NAME and optionally commit them. A script sets DATA, RUNS, OUT, COMMIT,
+# EXTRA (array), ALL (its sparsities), CONFIG_PREFIX (configs/<prefix><config>.yaml), STUDY and
+# ONLY, defines prune_run NAME S (writing $RUNS/NAME/prune_S/prune.json) and calls study_main.
+
+study_commit() {  # WHAT: commit $OUT alone (other staged or unstaged work is left as it is)
+  [ "$COMMIT" = 1 ] || return 0
+  git add -- "$OUT" && git commit -q -m "$(basename "$OUT"): $1" -- "$OUT" \
+    || echo "WARNING: could not commit $1 (commit $OUT by hand)"
+}
+
+study_save() {  # NAME: copy the run's small files (not checkpoints) next to the table
+  local name=$1 dest="$OUT/runs/$1"
+  mkdir -p "$dest"
+  for f in config.yaml run.json metrics.jsonl eval.json eval.md; do
+    [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "$dest/"
+  done
+  for p in "$RUNS/$name"/prune_*; do
+    [ -f "$p/prune.json" ] || continue
+    mkdir -p "$dest/$(basename "$p")"
+    cp "$p/prune.json" "$p/prune.md" "$dest/$(basename "$p")/"
+  done
+}
+
+study_train() {  # NAME CONFIG [rewa train arguments...]
+  local name=$1 config=$2; shift 2
+  [ -f "$RUNS/$name/eval.json" ] && return 0
+  echo "$(date -u +%FT%TZ) training $name"
+  rewa train --config "configs/$CONFIG_PREFIX$config.yaml" --resume \
+    --set data.data_dir="$DATA" --set output.runs_root="$RUNS" --set output.name="$name" \
+    --set output.progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$RUNS/$name.log" 2>&1 \
+    || { echo "FAILED: $name (see $RUNS/$name.log)"; return 1; }
+  study_save "$name" && study_commit "$name trained"
+}
+
+study_prune() {  # NAME S: prune_run unless done, then keep and commit the result
+  local name=$1 s=$2
+  [ -f "$RUNS/$name/prune_$s/prune.json" ] && return 0
+  echo "$(date -u +%FT%TZ) pruning $name to $s"
+  prune_run "$name" "$s" >"$RUNS/$name.prune_$s.log" 2>&1 \
+    || { echo "FAILED: prune $name $s (see $RUNS/$name.prune_$s.log)"; return 1; }
+  study_save "$name" && study_commit "$name pruned to $s"
+}
+
+study_main() {  # every entry of STUDY: "NAME CONFIG PRUNE-AT [rewa train arguments...]"
+  mkdir -p "$RUNS" "$OUT"
+  local failed=0 entry words name config at s
+  for entry in "${STUDY[@]}"; do
+    read -r -a words <<<"$entry"
+    name=${words[0]} config=${words[1]} at=${words[2]}
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
+    study_train "$name" "$config" "${words[@]:3}" || { failed=1; continue; }
+    [ "$at" = all ] && at=$ALL
+    for s in ${at//,/ }; do study_prune "$name" "$s" || failed=1; done
+  done
+  [ "$failed" = 0 ] || { echo "some steps failed; rerun the same command to resume them"; return 1; }
+}
