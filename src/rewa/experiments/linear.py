@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from rewa.baselines.penalties import StabilityMonitor
 from rewa.data.synthetic import SparseRegression
 from rewa.methods import SparseMethod
+from rewa.optim.rewa import trust_parameters
 
 OptimizerFactory = Callable[[list[nn.Parameter]], Optimizer]
 MethodFactory = Callable[[nn.Module], SparseMethod]
@@ -113,6 +114,7 @@ def fit_linear(
         optimizer = sparse.optimizer
     else:
         optimizer = make_optimizer([model.weight])
+    trust_parameters(optimizer)  # this loop writes no parameter through .data
 
     def coef() -> Tensor:
         return model.weight.reshape(-1)

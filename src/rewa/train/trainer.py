@@ -27,6 +27,7 @@ from rewa.control import caution
 from rewa.errors import UsageError
 from rewa.methods import SparseMethod, build_method
 from rewa.models import build_model
+from rewa.optim.rewa import trust_parameters
 from rewa.provenance import provenance
 from rewa.sparsity import sparsity_report, unwrap
 from rewa.train import checkpoint, distributed, sparse_hooks
@@ -287,8 +288,7 @@ class Trainer:
         self.warmup_steps = round(cfg.schedule.warmup_epochs * self.steps_per_epoch)
         for group in self.method.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-            if "detect_writes" in group:  # this loop writes no parameter through .data: spare
-                group["detect_writes"] = False  # ReWA two passes and a GPU host sync per step
+        trust_parameters(self.method.optimizer)  # this loop writes no parameter through .data
         self.hooks = sparse_hooks.build(cfg, self.model, self.method)  # target sparsity, masks
         if "control" in self.hooks and (warning := caution(self.method.name)):
             self.echo(f"WARNING: {warning}")
