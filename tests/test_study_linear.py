@@ -252,3 +252,17 @@ def test_logistic_study_reports_loss_accuracy_and_support(tmp_path):
     for row in rows.values():
         assert 0.5 <= row["test_acc"] <= 1.0 and row["test_loss"] > 0 and "recall" in row
     assert "validation cross-entropy" in (out / "results.md").read_text()
+
+
+def test_fit_linear_starts_from_a_given_coefficient_vector():
+    import torch
+
+    from rewa.data.synthetic import make_sparse_regression
+    from rewa.experiments.linear import fit_linear
+
+    data = make_sparse_regression(50, 40, 2, n_val=10, n_test=10, seed=0)
+    start = torch.linspace(-1.0, 1.0, 50)
+    fit = fit_linear(data, lambda ps: torch.optim.SGD(ps, lr=0.0), epochs=1, init=start)
+    assert torch.equal(fit.coef, start)
+    with pytest.raises(ValueError, match="shape"):
+        fit_linear(data, lambda ps: torch.optim.SGD(ps, lr=0.0), epochs=1, init=start[:10])

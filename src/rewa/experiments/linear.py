@@ -41,7 +41,13 @@ def cosine_factor(step: int, total: int) -> float:
 INITS = ("correlation", "random", "uniform")
 
 
-def initial_coef(data: SparseRegression, init: str, scale: float, gen: torch.Generator) -> Tensor:
+def initial_coef(
+    data: SparseRegression, init: str | Tensor, scale: float, gen: torch.Generator
+) -> Tensor:
+    if isinstance(init, Tensor):
+        if init.shape != (data.d,):
+            raise ValueError(f"an initial β must have shape ({data.d},), got {tuple(init.shape)}")
+        return init.detach().to(torch.float32).clone()
     if init == "correlation":
         return scale * data.X_train.T @ data.y_train / data.X_train.shape[0]
     if init == "random":
@@ -77,7 +83,7 @@ def fit_linear(
     epochs: int,
     batch_size: int = 25,
     init_scale: float = 1e-3,
-    init: str = "correlation",
+    init: str | Tensor = "correlation",
     penalty: Penalty | None = None,
     seed: int = 0,
     loss: str = "mse",
@@ -97,7 +103,7 @@ def fit_linear(
     init_scale·Xᵀy/n (one gradient step from 0; its signs are right on a strong support, which
     matters for ReWA, whose updates vanish near 0 so that a weight rarely changes sign), and
     ``init="random"`` is N(0, init_scale²), ``init="uniform"`` torch.nn.Linear's U(±1/√d)
-    (the published protocol's).
+    (the published protocol's); a tensor of shape (d,) is used as given.
 
     Every step's loss and a :class:`StabilityMonitor` of β are recorded; training stops at the
     first NaN/inf loss or coefficient when ``stop_on_nonfinite`` (``fit.diverged``).
