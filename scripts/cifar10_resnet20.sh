@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full-scale CIFAR-10 ResNet-20 study (results/cifar10_resnet20/): dense, ReWA (K=9, M=2, SGD
-# base) at fixed strengths and steered to 90/95/98/99% (--target-sparsity), proximal l1, GMP and
-# STR, each trained for the same 30 epochs on 45,000 images (configs/cifar10_resnet20_*.yaml share
-# every block but `method`), one run after another with every core. Each sparse model is then
+# base) at fixed strengths and steered to 90/95/98/99% (--target-sparsity), proximal l1, GMP
+# (global; one per-layer run at 95%), STR (two initial thresholds) and Spred (both inits), each
+# trained for the same 30 epochs on 45,000 images (configs/cifar10_resnet20_*.yaml share every
+# block but `method`), one run after another with every core. Each sparse model is then
 # pruned by one global magnitude threshold to exactly S (`rewa prune --sparsity S`; S in 90/95/98/99%
 # for the fixed-strength runs, the run's own target for the steered and GMP runs) and reported three
 # ways: as pruned (the paper's protocol), after re-estimating BatchNorm statistics on BN_IMAGES
@@ -43,6 +44,10 @@ STUDY=(
   "rewa_target_0.99 rewa    0.99  --target-sparsity 0.99 --set method.options.weight_decay=3.0e-5"
   "rewa_target_0.98 rewa    0.98  --target-sparsity 0.98 --set method.options.weight_decay=3.0e-5"
   "str_5e-4         str     all   --set method.options.weight_decay=5.0e-4"
+  "gmp_layer_0.95   gmp     0.95  --set method.options.target=0.95 --set method.options.scope=layer"
+  "str_5e-4_s-3     str     all   --set method.options.weight_decay=5.0e-4 --set method.options.s_init=-3.0"
+  "spred_5e-4       spred   all   --set method.options.init=sqrt"
+  "spred_indep_5e-4 spred   all   --set method.options.init=independent"
 )
 
 CONFIG_PREFIX=cifar10_resnet20_
