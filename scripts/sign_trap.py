@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -79,8 +78,6 @@ def main() -> None:
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
         rows = list(pool.map(run, *zip(*jobs, strict=True)))
     cols = list(rows[0])
-    record = provenance()
-    record["command"] = "python scripts/sign_trap.py " + " ".join(sys.argv[1:])
     text = (
         "# Sign trap: ReWA-SGD at the published protocol, initial β₁ forced to each sign\n\n"
         f"d = {SETTINGS.d:,}, n = {SETTINGS.n:,}, β = e₁, σ = 1, {args.epochs} epochs of "
@@ -89,7 +86,7 @@ def main() -> None:
         f"(bound {1 / math.sqrt(SETTINGS.d):.0e}).\n\n"
         + markdown_table(rows, cols)
         + "\n\n"
-        + "\n".join(f"- {k}: {v}" for k, v in record.items())
+        + "\n".join(f"- {k}: {v}" for k, v in provenance().items())
         + "\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

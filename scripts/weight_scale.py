@@ -12,7 +12,6 @@ by its largest 10% of weights (mean over layers; 0.1 for equal weights, 1 for 10
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -54,14 +53,12 @@ def main() -> None:
     text = markdown_table(rows, list(rows[0])) + "\n"
     print(text)
     if args.out:
-        record = provenance()
-        record["command"] = "python scripts/weight_scale.py " + " ".join(sys.argv[1:])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             "# Sparse or only small? (scripts/weight_scale.py)\n\n"
             + text
             + "\n"
-            + "\n".join(f"- {k}: {v}" for k, v in record.items())
+            + "\n".join(f"- {k}: {v}" for k, v in provenance().items())
             + "\n"
         )
 

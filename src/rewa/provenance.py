@@ -37,12 +37,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _command() -> str:
+    """The command line that is running: ``rewa ...`` for the CLI (its console script or
+    ``python -m rewa``), ``python PROGRAM ...`` for anything else (e.g. a script in scripts/)."""
+    if not sys.argv:
+        return ""
+    program = Path(sys.argv[0])
+    is_cli = program.name == "rewa" or program.parts[-2:] == ("rewa", "__main__.py")
+    return " ".join(["rewa" if is_cli else f"python {sys.argv[0]}", *sys.argv[1:]])
+
+
 def provenance() -> dict[str, Any]:
     """A JSON-able record to store next to every result file."""
     # results/ is excluded: rerunning a committed experiment rewrites its own files there
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
     record: dict[str, Any] = {
-        "command": " ".join(["rewa", *sys.argv[1:]]) if sys.argv else "",
+        "command": _command(),
         "commit": _git("rev-parse", "HEAD"),
         "dirty": bool(status) if status is not None else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,0 +1,22 @@
+"""The command a result records is the one that ran it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from rewa.provenance import provenance
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (["/venv/bin/rewa", "train", "--config", "c.yaml"], "rewa train --config c.yaml"),
+        (["/repo/src/rewa/__main__.py", "prune", "run"], "rewa prune run"),
+        (["scripts/sign_trap.py", "--out", "x.md"], "python scripts/sign_trap.py --out x.md"),
+    ],
+)
+def test_provenance_records_the_running_command(monkeypatch, argv, command):
+    monkeypatch.setattr(sys, "argv", argv)
+    assert provenance()["command"] == command
