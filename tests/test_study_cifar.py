@@ -109,3 +109,34 @@ def test_selection_uses_validation_not_test():
     assert chosen[("rewa", 0.9, "oneshot")]["run"] == "a"
     assert chosen[("rewa", 0.95, "oneshot")]["run"] == "c"
     assert ("rewa", 0.9, "bn") not in chosen  # no BatchNorm numbers, no selection
+
+
+def test_warm_start_script_sparsifies_a_trained_run_with_rewa_and_gmp(study):
+    """scripts/warm_start_cifar.sh from the study's dense run: ReWA steered to S and GMP to S,
+    each started from its weights, pruned to S with BatchNorm re-estimated, then the table."""
+    tmp, data, _ = study
+    init = tmp / "runs" / "dense"
+    env = {
+        **os.environ, "DATA": str(data), "INIT": str(init), "RUNS": str(tmp / "warm"),
+        "OUT": str(tmp / "warm_out"), "TARGETS": "0.9", "EPOCHS": "1", "EXTRA": TOY,
+        "BN_IMAGES": "64",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }  # fmt: skip
+    script = ROOT / "scripts" / "warm_start_cifar.sh"
+    done = subprocess.run(
+        ["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = tmp / "warm_out" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["gmp_0.9", "rewa_target_0.9"]
+    for name in ("gmp_0.9", "rewa_target_0.9"):
+        config = load_config(runs / name / "config.yaml")
+        assert config.train.init_from == str(init) and config.method.lr == 0.01
+        pruned = json.loads((runs / name / "prune_0.9" / "prune.json").read_text())["pruned"]
+        assert pruned["sparsity"] >= 0.9 and pruned["bn_recalibrated"]["images"] == 64
+    assert load_config(runs / "rewa_target_0.9" / "config.yaml").sparsity.target == 0.9
+    assert (tmp / "warm_out" / "results.md").is_file()
+    missing = dict(env, INIT=str(tmp / "nothing"))
+    again = subprocess.run(["bash", str(script)], cwd=ROOT, env=missing, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 2 and "no such run directory" in again.stderr
