@@ -11,15 +11,14 @@ and way of reporting (as pruned, BatchNorm re-estimated, fine-tuned) the run wit
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rewa.errors import UsageError
 from rewa.provenance import provenance
+from rewa.report.runs import epoch_records, finished_runs, load_eval, prune_results
 from rewa.report.tables import markdown_table, write_csv, write_json
 from rewa.train.config import parse_yaml
 
@@ -46,18 +45,10 @@ CSV_COLUMNS = [
 
 def read_run(folder: Path) -> dict[str, Any]:
     """The facts of one run folder (its config, final evaluation, prune results, wall time)."""
-    eval_path = folder / "eval.json"
-    if not eval_path.is_file():
-        raise UsageError(f"{folder}: no eval.json (the run has not finished)")
-    evaluation = json.loads(eval_path.read_text())
+    evaluation = load_eval(folder)
     config = evaluation.get("config") or parse_yaml((folder / "config.yaml").read_text(), "")
-    records = []
-    if (folder / "metrics.jsonl").is_file():
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-        records = [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
-    prunes = {}
-    for path in sorted(folder.glob("prune_*/prune.json")):
-        prunes[path.parent.name.removeprefix("prune_")] = json.loads(path.read_text())
+    records = epoch_records(folder)
+    prunes = prune_results(folder)
     method = config["method"]
     target = float((config.get("sparsity") or {}).get("target") or 0.0)
     name = method["name"]
@@ -219,10 +210,7 @@ def plot(path: Path, chosen, dense_test: float | None) -> None:
 
 def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Read every run folder of ``runs_dir``; write results.md/csv/json and the plot."""
-    folders = sorted(p for p in Path(runs_dir).iterdir() if (p / "eval.json").is_file())
-    if not folders:
-        raise UsageError(f"{runs_dir}: no finished runs (folders with eval.json)")
-    runs = [read_run(f) for f in folders]
+    runs = [read_run(f) for f in finished_runs(runs_dir)]
     rows = [row for run in runs for row in rows_of(run)]
     chosen = select(rows)
     sparsities = sorted({row["sparsity"] for row in rows})

@@ -13,7 +13,6 @@ norms and head stay dense) is given beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from rewa.errors import UsageError
 from rewa.provenance import provenance
+from rewa.report.runs import epoch_records, finished_runs, load_eval, prune_results
 from rewa.report.tables import markdown_table, write_csv, write_json
 
 SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)
@@ -48,16 +48,10 @@ def group_of(config: Mapping[str, Any]) -> str:
 
 
 def read_run(folder: Path) -> dict[str, Any]:
-    evaluation = json.loads((folder / "eval.json").read_text())
+    evaluation = load_eval(folder)
     config = evaluation["config"]
-    records = []
-    if (folder / "metrics.jsonl").is_file():
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-        records = [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
-    prunes = {
-        float(p.parent.name.removeprefix("prune_")): json.loads(p.read_text())
-        for p in folder.glob("prune_*/prune.json")
-    }
+    records = epoch_records(folder)
+    prunes = {float(s): result for s, result in prune_results(folder).items()}
     options = config["method"]["options"]
     return {
         "run": folder.name,
@@ -213,10 +207,7 @@ def summarize(
     runs_dir: str | Path, out_dir: str | Path, checkpoints: str | Path | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    folders = sorted(p for p in Path(runs_dir).iterdir() if (p / "eval.json").is_file())
-    if not folders:
-        raise UsageError(f"{runs_dir}: no finished runs (folders with eval.json)")
-    runs = [read_run(f) for f in folders]
+    runs = [read_run(f) for f in finished_runs(runs_dir)]
     fraction = eligible_fraction(runs[0])
     rows = [row for run in runs for row in rows_of(run, fraction)]
     chosen = select(rows)

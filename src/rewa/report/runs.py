@@ -36,6 +36,30 @@ def load_eval(run_dir: str | Path) -> dict[str, Any]:
         ) from None
 
 
+def finished_runs(runs_dir: str | Path) -> list[Path]:
+    """The run folders of ``runs_dir`` that hold an eval.json (sorted by name)."""
+    folders = sorted(p for p in Path(runs_dir).iterdir() if (p / "eval.json").is_file())
+    if not folders:
+        raise UsageError(f"{runs_dir}: no finished runs (folders with eval.json)")
+    return folders
+
+
+def epoch_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run's metrics.jsonl ([] without one)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "epoch"]
+
+
+def prune_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """S -> the prune.json of ``rewa prune --out RUN/prune_S`` (S as written in the folder name)."""
+    return {
+        path.parent.name.removeprefix("prune_"): json.loads(path.read_text())
+        for path in sorted(Path(run_dir).glob("prune_*/prune.json"))
+    }
+
+
 def _options(config: dict[str, Any]) -> str:
     method = config["method"]
     opts = {**method.get("options", {})}
