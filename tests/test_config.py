@@ -95,6 +95,7 @@ def test_wrong_type(override, message):
         ("method.base=rmsprop", "must be one of sgd, adamw"),
         ("eval.target_sparsities=[0.5, 1.5]", "out-of-range"),
         ("schedule.warmup_epochs=100", "exceeds schedule.epochs"),
+        ("sparsity.normalize=l2", "must be one of none, rms"),
     ],
 )
 def test_out_of_range(override, message):

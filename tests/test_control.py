@@ -304,3 +304,60 @@ def test_linear_command_writes_one_row_per_method_target_and_seed(tmp_path, one_
     controlled = {(r["method"], r["requested"], r["seed"]) for r in rows if r["requested"]}
     assert controlled == {(m, s, seed) for m in METHODS for s in (0.5, 0.9) for seed in (0, 1)}
     assert (out / "trajectories.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- layer-relative measurement
+
+
+def test_rms_measure_does_not_see_a_layer_shrunk_whole():
+    model = _model()
+    opt = ReWA(param_groups(model, weight_decay=1e-3), lr=0.1)
+    knob = sparse_group_knob(opt)
+    weights = [model[0].weight, model[3].weight]
+    absolute = TargetSparsity(SparsityController(0.5), knob, weights)
+    relative = TargetSparsity(
+        SparsityController(0.5, threshold=0.01), knob, weights, normalize="rms"
+    )
+    before = relative.measure()
+    with torch.no_grad():
+        model[0].weight.mul_(1e-6)  # BatchNorm follows: the same function, no sparser
+    assert absolute.measure() >= 128 / 160  # the absolute threshold is fooled
+    assert relative.measure() == pytest.approx(before)
+    with torch.no_grad():
+        model[0].weight[:4] = 0.0  # 32 of 128 weights really gone
+    assert relative.measure() == pytest.approx(before + 32 / 160, abs=1 / 160)
+
+
+def test_rms_signal_keeps_raising_a_strength_that_only_shrinks_the_layer():
+    # The plant: the strength shrinks every weight by the same factor (what weight decay does to
+    # a layer that feeds BatchNorm when the loss does not resist). The absolute signal is met
+    # once the layer is below τ; the relative one sees no sparsity and keeps pushing.
+    def run(normalize: str, threshold: float) -> TargetSparsity:
+        w = torch.rand(1000, generator=torch.Generator().manual_seed(0)) + 0.5
+        options = {"lam": 1e-3}
+        controller = SparsityController(
+            0.9, threshold=threshold, lookahead=0.0, max_multiplier=100.0
+        )
+        hook = TargetSparsity(controller, OptionKnob(options, "lam"), [w], every=1,
+                              normalize=normalize)  # fmt: skip
+        for step in range(400):
+            w.mul_(math.exp(-options["lam"]))
+            hook.after_step(step, 400)
+        return hook
+
+    absolute = run("none", 1e-3)
+    assert absolute.measure() >= 0.9
+    assert absolute.controller.multiplier < absolute.controller.settings.max_multiplier
+    relative = run("rms", 0.01)
+    assert relative.measure() == 0.0  # the truth: nothing is sparse
+    assert relative.controller.multiplier == pytest.approx(
+        relative.controller.settings.max_multiplier
+    )
+
+
+def test_for_method_passes_normalize_and_rejects_unknown_ones():
+    model = _model()
+    method = build_method("rewa", model, lr=0.1, options={"weight_decay": 1e-3})
+    assert for_method(method, model, 0.9, threshold=0.01, normalize="rms").normalize == "rms"
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        for_method(method, model, 0.9, normalize="layer")

@@ -17,6 +17,7 @@ from rewa.cli import main
 from rewa.data.cifar import write_fake_cifar
 from rewa.experiments.prune_cli import exported_model, plain_model, read_source
 from rewa.masks import Masks
+from rewa.sparsity import effective_weights, normalized_magnitudes, sparsity_report
 from rewa.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,17 @@ def test_target_sparsity_resumes_its_controller_bit_for_bit(data_dir, tmp_path):
     assert a["hooks"]["control"] == b["hooks"]["control"]
     for name, value in a["model"].items():
         assert torch.equal(b["model"][name], value), name
+
+
+def test_target_sparsity_can_measure_relative_to_each_layer(data_dir, tmp_path):
+    run_dir = tmp_path / "rms"
+    relative = sets(data_dir, "sparsity.normalize=rms", "sparsity.threshold=0.05")
+    args = ["--config", TINY, "--run-dir", run_dir, "--quiet", "--target-sparsity", "0.5"]
+    assert run("train", *args, *relative) == 0
+    model = plain_model(read_source(run_dir))
+    weights = [w for _, w in effective_weights(model)]
+    relative = sparsity_report(normalized_magnitudes(weights, "rms"), (0.05,))
+    assert metrics(run_dir)[-1]["control_measured"] == pytest.approx(relative.fraction_below(0.05))
 
 
 def test_target_sparsity_config_errors_are_one_line(data_dir, tmp_path, capsys):
@@ -178,6 +190,18 @@ def test_prune_re_estimates_batchnorm_on_training_images(trained, tmp_path):
     assert not torch.equal(stored["bn1.running_mean"], trained_state["bn1.running_mean"])
     masks = Masks.from_state_dict(checkpoint.load(out / "pruned.pt")["masks"])
     assert masks.check(plain_model(read_source(out))) == 0
+
+
+def test_prune_relative_to_each_layer(trained):
+    assert run("prune", trained, "--sparsity", "0.8", "--normalize", "rms", "--no-eval",
+               "--quiet") == 0  # fmt: skip
+    out = trained / "pruned_s0.8_rms"  # the default: next to the checkpoint
+    facts = json.loads((out / "prune.json").read_text())["pruned"]
+    assert facts["rule"] == "global magnitude of |x| / rms(layer), sparsity 0.8"
+    stored = Masks.from_state_dict(checkpoint.load(out / "pruned.pt")["masks"])
+    expected = Masks.from_model(plain_model(read_source(trained)), sparsity=0.8, normalize="rms")
+    for name, kept in expected.masks.items():
+        assert torch.equal(stored.masks[name], kept), name
 
 
 def test_recalibrate_batchnorm_computes_the_average_batch_statistics():

@@ -2,10 +2,19 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
 
 import rewa
-from rewa.sparsity import magnitude_threshold, sparsifiable_parameters, sparsity_report
+from rewa.masks import Masks
+from rewa.sparsity import (
+    layer_rms,
+    magnitude_threshold,
+    normalized_magnitudes,
+    sparsifiable_parameters,
+    sparsity_report,
+)
 
 
 def model():
@@ -61,3 +70,59 @@ def test_prune_needs_exactly_one_target():
         rewa.prune_(model(), threshold=0.1, sparsity=0.5)
     with pytest.raises(ValueError):
         magnitude_threshold([torch.ones(3)], 1.5)
+
+
+# ---------------------------------------------------------------- layer-relative magnitudes
+
+
+def test_layer_rms_is_the_root_mean_square_of_each_tensor():
+    a, b = torch.tensor([3.0, -4.0]), torch.zeros(3)
+    assert layer_rms([a, b]) == [pytest.approx(math.sqrt(12.5)), 0.0]
+    magnitudes = normalized_magnitudes([a, b], "rms")
+    torch.testing.assert_close(magnitudes[0], torch.tensor([3.0, 4.0]) / math.sqrt(12.5))
+    assert not magnitudes[1].any()  # an all-zero layer stays zero, no NaN
+    torch.testing.assert_close(normalized_magnitudes([a], "none")[0], a.abs())
+    with pytest.raises(ValueError, match="normalize must be one of none, rms"):
+        normalized_magnitudes([a], "l2")
+
+
+@settings(max_examples=30, deadline=None)
+@given(log_scale=st.floats(-8.0, 8.0), seed=st.integers(0, 2**16))
+def test_rms_magnitudes_do_not_see_a_layers_scale(log_scale, seed):
+    t = torch.randn(50, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    before = normalized_magnitudes([t], "rms")[0]
+    after = normalized_magnitudes([t * 10.0**log_scale], "rms")[0]
+    torch.testing.assert_close(after, before, rtol=1e-12, atol=0.0)
+
+
+def _zeros(net: nn.Module) -> list[Tensor]:
+    return [p == 0 for _, p in sparsifiable_parameters(net)]
+
+
+def test_rms_pruning_ignores_a_shrunk_layer_that_global_magnitude_empties():
+    reference, shrunk = model(), model()
+    with torch.no_grad():
+        shrunk[0].weight.mul_(1e-4)  # BatchNorm follows: the network computes the same function
+    plain = model()
+    with torch.no_grad():
+        plain[0].weight.mul_(1e-4)
+    rewa.prune_(plain, sparsity=0.5)  # |x|: 60 of the 120 smallest are all in the shrunk layer
+    assert int((plain[0].weight == 0).sum()) == 60 and not (plain[3].weight == 0).any()
+    rewa.prune_(reference, sparsity=0.5, normalize="rms")
+    rewa.prune_(shrunk, sparsity=0.5, normalize="rms")
+    for got, want in zip(_zeros(shrunk), _zeros(reference), strict=True):
+        assert torch.equal(got, want)
+    assert sparsity_report(shrunk, ()).zeros == 60
+    assert 0 < int((shrunk[0].weight == 0).sum()) < 60  # both layers lose weights
+
+
+def test_masks_from_model_normalize_like_prune():
+    net = model()
+    with torch.no_grad():
+        net[3].weight.mul_(50.0)
+    masks = Masks.from_model(net, sparsity=0.75, normalize="rms")
+    rewa.prune_(net, sparsity=0.75, normalize="rms")
+    for (name, p), kept in zip(sparsifiable_parameters(net), masks.masks.values(), strict=True):
+        assert torch.equal(kept, p != 0), name
+    threshold_masks = Masks.from_model(net, threshold=0.1, normalize="rms")
+    assert threshold_masks.sparsity >= 0.75

@@ -112,8 +112,9 @@ def test_selection_uses_validation_not_test():
 
 
 def test_warm_start_script_sparsifies_a_trained_run_with_rewa_and_gmp(study):
-    """scripts/warm_start_cifar.sh from the study's dense run: ReWA steered to S and GMP to S,
-    each started from its weights, pruned to S with BatchNorm re-estimated, then the table."""
+    """scripts/warm_start_cifar.sh from the study's dense run: ReWA steered to S (on |x|, and on
+    |x| / rms(layer)) and GMP to S, each started from its weights, pruned to S with BatchNorm
+    re-estimated, then the table."""
     tmp, data, _ = study
     init = tmp / "runs" / "dense"
     env = {
@@ -128,13 +129,22 @@ def test_warm_start_script_sparsifies_a_trained_run_with_rewa_and_gmp(study):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     runs = tmp / "warm_out" / "runs"
-    assert sorted(p.name for p in runs.iterdir()) == ["gmp_0.9", "rewa_target_0.9"]
-    for name in ("gmp_0.9", "rewa_target_0.9"):
+    names = ["gmp_0.9", "rewa_rms_0.9", "rewa_target_0.9"]
+    assert sorted(p.name for p in runs.iterdir()) == names
+    for name in names:
         config = load_config(runs / name / "config.yaml")
         assert config.train.init_from == str(init) and config.method.lr == 0.01
         pruned = json.loads((runs / name / "prune_0.9" / "prune.json").read_text())["pruned"]
         assert pruned["sparsity"] >= 0.9 and pruned["bn_recalibrated"]["images"] == 64
     assert load_config(runs / "rewa_target_0.9" / "config.yaml").sparsity.target == 0.9
+    relative = load_config(runs / "rewa_rms_0.9" / "config.yaml").sparsity
+    assert (relative.target, relative.normalize, relative.threshold) == (0.9, "rms", 0.01)
+    rule = json.loads((runs / "rewa_rms_0.9" / "prune_0.9" / "prune.json").read_text())
+    assert "rms(layer)" in rule["pruned"]["rule"]
+    table = json.loads((tmp / "warm_out" / "results.json").read_text())
+    assert {r["run"]: r["group"] for r in table["runs"]} == {
+        "gmp_0.9": "gmp", "rewa_target_0.9": "rewa-target", "rewa_rms_0.9": "rewa-target-rms",
+    }  # fmt: skip
     assert (tmp / "warm_out" / "results.md").is_file()
     missing = dict(env, INIT=str(tmp / "nothing"))
     again = subprocess.run(["bash", str(script)], cwd=ROOT, env=missing, capture_output=True,

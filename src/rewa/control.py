@@ -5,7 +5,11 @@ an input: the sparsity it reaches depends on κ, on the learning-rate schedule (
 through Σ_t η_t·κ, see METHOD.md) and on the task. :class:`SparsityController` closes the loop:
 
 * **measured** sparsity ``s`` = fraction of the sparsified weights with ``|x| <= τ`` (the
-  reporting threshold τ, 1e-3 by default);
+  reporting threshold τ, 1e-3 by default); with ``normalize="rms"`` each magnitude is first
+  divided by its layer's RMS, so τ is relative (0.01: a hundredth of the layer's typical weight).
+  A layer that feeds BatchNorm computes the same function at any scale, and ReWA's decay can meet
+  an absolute τ by shrinking such layers whole without making them sparser
+  (results/warm_start/scale.md); the relative measure cannot be met that way;
 * **scheduled target** ``s*(t)`` = ``S · (1 − (1 − r)^3)`` with ``r`` the progress through the
   ramp ``[ramp_start, ramp_end]`` (the cubic schedule of gradual magnitude pruning): 0 early, so
   early training is not crippled, S from ``ramp_end`` on, so the last part of training holds S;
@@ -69,7 +73,13 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from rewa.sparsity import effective_weights, magnitude_threshold, sparsity_report
+from rewa.sparsity import (
+    check_normalize,
+    effective_weights,
+    magnitude_threshold,
+    normalized_magnitudes,
+    sparsity_report,
+)
 
 DENSITY_FLOOR = 1e-4  # δ: keeps the log-density finite when every weight is below threshold
 
@@ -466,7 +476,8 @@ class TargetSparsity:
     """Measure the sparsity of ``source`` every ``every`` steps and set the knob's strength.
 
     ``source`` is a model (its conv + linear weights as the forward pass sees them: the
-    reporting denominator) or a list of tensors. Measurement goes through
+    reporting denominator) or a list of tensors; ``normalize="rms"`` measures |x| / rms(layer)
+    against the controller's threshold instead of |x|. Measurement goes through
     :func:`rewa.sparsity.sparsity_report`, so sharded (DTensor) weights are counted over all
     shards (call it on every rank); DDP replicas are identical and need nothing. Call
     :meth:`after_step` after every optimizer step.
@@ -480,6 +491,7 @@ class TargetSparsity:
         *,
         every: int = 10,
         optimizer: Optimizer | None = None,
+        normalize: str = "none",
     ) -> None:
         if every < 1:
             raise ValueError(f"TargetSparsity: every must be >= 1, got {every}")
@@ -496,12 +508,18 @@ class TargetSparsity:
         if not isinstance(self.source, nn.Module) and not self.source:
             raise ValueError("TargetSparsity: no weights to measure")
         self.every = every
+        self.normalize = check_normalize(normalize)
         self.knob.set(controller.multiplier)
 
-    def measure(self) -> float:
-        """Fraction of the weights with |x| <= the controller's threshold."""
+    def measure(self, magnitudes: list[Tensor] | None = None) -> float:
+        """Fraction of the weights with |x| (or |x| / rms(layer)) <= the controller's threshold;
+        ``magnitudes``: :meth:`weights`, if the caller has them already."""
         tau = self.controller.threshold
-        return sparsity_report(self.source, (tau,)).fraction_below(tau)
+        if self.normalize == "none":
+            source: Source = self.source
+        else:
+            source = self.weights() if magnitudes is None else magnitudes
+        return sparsity_report(source, (tau,)).fraction_below(tau)
 
     def after_step(self, step: int, total_steps: int) -> float | None:
         """After optimizer step ``step`` (from 0) of ``total_steps``: every ``every`` steps (and at
@@ -509,13 +527,14 @@ class TargetSparsity:
         done = step + 1
         if done % self.every and done != total_steps:
             return None
-        measured = self.measure()
-        progress = done / max(total_steps, 1)
         c = self.controller
+        quantile = c.settings.signal == "quantile"
+        weights = self.weights() if quantile or self.normalize != "none" else None
+        measured = self.measure(weights)
+        progress = done / max(total_steps, 1)
         magnitude, trend = None, 0.0
-        if c.settings.signal == "quantile":
+        if weights is not None and quantile:
             target = c.scheduled_target(progress)
-            weights = self.weights()
             magnitude = magnitude_threshold(weights, target) if target > 0 else -1.0
             trend = self.trend(weights, progress, total_steps, target, magnitude)
         rate = self.lr_rate()
@@ -568,9 +587,12 @@ class TargetSparsity:
         return lr / peak
 
     def weights(self) -> list[Tensor]:
+        """The magnitudes the controller reads: |x|, or |x| / rms(layer)."""
         if isinstance(self.source, nn.Module):
-            return [w for _, w in effective_weights(self.source)]
-        return list(self.source)
+            raw = [w for _, w in effective_weights(self.source)]
+        else:
+            raw = list(self.source)
+        return normalized_magnitudes(raw, self.normalize)
 
     def metrics(self) -> dict[str, float]:
         """Values to log: measured and scheduled sparsity, multiplier, strength."""
@@ -614,10 +636,12 @@ def for_method(
     every: int = 10,
     ramp_start: float = 0.05,
     ramp_end: float = 0.6,
+    normalize: str = "none",
     **options: Any,
 ) -> TargetSparsity:
     """A :class:`TargetSparsity` for a built :mod:`rewa.methods` method (``options``: kp, ki,
-    min_multiplier, max_multiplier, signal, quantile_clip of :class:`SparsityController`)."""
+    min_multiplier, max_multiplier, signal, quantile_clip of :class:`SparsityController`;
+    ``normalize``: what the threshold is compared with, see :class:`TargetSparsity`)."""
     knob = method_knob(method)
     valid = (
         "kp",
@@ -638,7 +662,9 @@ def for_method(
     controller = SparsityController(
         target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
     )
-    return TargetSparsity(controller, knob, source, every=every, optimizer=method.optimizer)
+    return TargetSparsity(
+        controller, knob, source, every=every, optimizer=method.optimizer, normalize=normalize
+    )
 
 
 __all__ = [

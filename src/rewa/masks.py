@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from rewa.sparsity import (
     SparsityReport,
     magnitude_threshold,
+    normalized_magnitudes,
     sparsifiable_parameters,
     sparsity_report,
     unwrap,
@@ -62,22 +63,29 @@ class Masks:
     @classmethod
     @torch.no_grad()
     def from_model(
-        cls, model: nn.Module, *, threshold: float | None = None, sparsity: float | None = None
+        cls,
+        model: nn.Module,
+        *,
+        threshold: float | None = None,
+        sparsity: float | None = None,
+        normalize: str = "none",
     ) -> Masks:
         """Masks over the conv/linear weights: prune ``|x| <= threshold``, or the smallest
         global-magnitude threshold that prunes at least a ``sparsity`` fraction (ceil(S·n)
-        weights; ties at the threshold are all pruned)."""
+        weights; ties at the threshold are all pruned). ``normalize="rms"`` compares
+        |x| / rms(layer) instead of |x| (see :data:`rewa.sparsity.NORMALIZATIONS`)."""
         if (threshold is None) == (sparsity is None):
             raise ValueError("Masks.from_model: give exactly one of threshold= or sparsity=")
         named = sparsifiable_parameters(model)
         if len(named) != len(weight_modules(model)):
             raise ValueError("Masks.from_model: fold parametrized layers (Spred, STR) first")
+        magnitudes = normalized_magnitudes([p for _, p in named], normalize)
         if sparsity is not None:
-            threshold = magnitude_threshold([p for _, p in named], _at_least(sparsity, named))
+            threshold = magnitude_threshold(magnitudes, _at_least(sparsity, named))
         assert threshold is not None
         if not threshold == threshold or threshold == math.inf:
             raise ValueError(f"Masks.from_model: invalid threshold {threshold!r}")
-        return cls({name: p.abs() > threshold for name, p in named})
+        return cls({name: m > threshold for (name, _), m in zip(named, magnitudes, strict=True)})
 
     # -- queries
     def __len__(self) -> int:

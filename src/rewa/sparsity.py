@@ -271,6 +271,53 @@ def sparsity_report(
     return SparsityReport(layers, thresholds)
 
 
+# ---------------------------------------------------------------- scale of a layer
+
+# How magnitudes are compared across layers. "none": |x| itself (the paper's global magnitude).
+# "rms": |x| / rms(layer). A convolution followed by BatchNorm computes the same function at any
+# scale of its weights, so an absolute threshold can be met by shrinking a whole layer without
+# making it any sparser (ReWA's decay does exactly that: results/warm_start/scale.md); divided by
+# the layer's RMS, a magnitude says how small a weight is next to its own layer.
+NORMALIZATIONS: tuple[str, ...] = ("none", "rms")
+
+
+def check_normalize(normalize: str) -> str:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    return normalize
+
+
+@torch.no_grad()
+def layer_rms(tensors: Sequence[Tensor], *, sharded: bool = False) -> list[float]:
+    """The root mean square of each tensor, over all its shards (see the module docstring)."""
+    sums = [
+        torch.stack(
+            [
+                local_part(t).detach().double().square().sum(),
+                torch.tensor(float(local_part(t).numel()), dtype=torch.float64, device=t.device),
+            ]
+        )
+        for t in tensors
+    ]
+    totals = _sum_over_shards(tensors, sums, sharded).tolist()
+    return [math.sqrt(sq / n) if n else 0.0 for sq, n in totals]
+
+
+@torch.no_grad()
+def normalized_magnitudes(
+    tensors: Sequence[Tensor], normalize: str = "none", *, sharded: bool = False
+) -> list[Tensor]:
+    """``|t|`` for each tensor, divided by the tensor's RMS when ``normalize == "rms"`` (an
+    all-zero tensor stays zero). DTensors stay DTensors, so the result can be measured and
+    thresholded like the weights themselves."""
+    check_normalize(normalize)
+    magnitudes = [t.detach().abs() for t in tensors]
+    if normalize == "none":
+        return magnitudes
+    scales = layer_rms(tensors, sharded=sharded)
+    return [m / (s if s > 0 else 1.0) for m, s in zip(magnitudes, scales, strict=True)]
+
+
 # ---------------------------------------------------------------- pruning
 
 
@@ -335,22 +382,24 @@ def prune_(
     threshold: float | None = None,
     sparsity: float | None = None,
     sharded: bool = False,
+    normalize: str = "none",
 ) -> float:
     """Zero, in place, every conv/linear weight with |x| <= τ; return τ.
 
     Give either ``threshold`` (τ itself) or ``sparsity`` (the global-magnitude τ that reaches that
     fraction of zeros across all conv/linear weights; over all shards for DTensor weights or with
-    ``sharded=True``, see :func:`magnitude_threshold`).
+    ``sharded=True``, see :func:`magnitude_threshold`). With ``normalize="rms"`` the magnitudes
+    compared with τ are |x| / rms(layer) (see :data:`NORMALIZATIONS`).
     """
     if (threshold is None) == (sparsity is None):
         raise ValueError("prune_: give exactly one of threshold= or sparsity=")
     params = [p for _, p in sparsifiable_parameters(model)]
     if len(params) != len(weight_modules(model)):
         raise ValueError("prune_: fold parametrized layers (Spred, STR) into plain weights first")
+    magnitudes = normalized_magnitudes(params, normalize, sharded=sharded)
     if sparsity is not None:
-        threshold = magnitude_threshold(params, sparsity, sharded=sharded)
+        threshold = magnitude_threshold(magnitudes, sparsity, sharded=sharded)
     assert threshold is not None
-    for p in params:
-        local = local_part(p)
-        local.masked_fill_(local.abs() <= threshold, 0.0)
+    for p, m in zip(params, magnitudes, strict=True):
+        local_part(p).masked_fill_(local_part(m) <= threshold, 0.0)
     return float(threshold)

@@ -37,7 +37,7 @@ from rewa.masks import Masks, allocation, allocation_rows, dead_layer_warnings
 from rewa.models import build_model
 from rewa.provenance import provenance
 from rewa.report.tables import markdown_table, write_csv, write_json
-from rewa.sparsity import sparsity_report
+from rewa.sparsity import NORMALIZATIONS, sparsity_report
 from rewa.train.source import PRUNED, Source, num_classes_of, plain_model, read_source
 
 FINETUNE = "finetune"
@@ -97,7 +97,16 @@ def prepare_out(out: Path, force: bool) -> None:
 def default_prune_dir(source: Source, args: argparse.Namespace) -> Path:
     base = source.path.parent
     tag = f"s{args.sparsity:g}" if args.sparsity is not None else f"t{args.threshold:g}"
-    return base / f"pruned_{tag}"
+    suffix = "" if args.normalize == "none" else f"_{args.normalize}"
+    return base / f"pruned_{tag}{suffix}"
+
+
+def prune_rule(args: argparse.Namespace) -> str:
+    """The pruning rule in words, as prune.json and prune.md state it."""
+    magnitude = "|x|" if args.normalize == "none" else "|x| / rms(layer)"
+    if args.sparsity is not None:
+        return f"global magnitude of {magnitude}, sparsity {args.sparsity:g}"
+    return f"{magnitude} <= {args.threshold:g}"
 
 
 def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
@@ -116,7 +125,9 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
     model = plain_model(source, device)
     before = sparsity_report(model, ()).sparsity
     try:
-        masks = Masks.from_model(model, threshold=args.threshold, sparsity=args.sparsity)
+        masks = Masks.from_model(
+            model, threshold=args.threshold, sparsity=args.sparsity, normalize=args.normalize
+        )
     except ValueError as err:
         raise UsageError(str(err)) from None
     masks.apply_(model)
@@ -130,9 +141,7 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
         acc["bn_recalibrated"] = recalibrated_accuracies(model, config, device, args.bn_recalibrate)
     facts = {
         "source": str(source.path),
-        "rule": f"global magnitude, sparsity {args.sparsity:g}"
-        if args.sparsity is not None
-        else f"|x| <= {args.threshold:g}",
+        "rule": prune_rule(args),
         "sparsity_before": before,
         "sparsity": report.sparsity,
         "weights": report.total,
@@ -475,6 +484,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     rule.add_argument(
         "--threshold", type=nonneg_float, metavar="T", help="zero every weight with |x| <= T"
     )
+    p.add_argument(
+        "--normalize", choices=NORMALIZATIONS, default="none",
+        help="compare |x| (none, default: the paper's global magnitude) or |x| / rms(layer) "
+        "(rms: scale-free across layers, for networks whose layers feed BatchNorm)",
+    )  # fmt: skip
     p.add_argument(
         "--finetune-epochs", type=nonneg_int, default=0, metavar="N",
         help="masked fine-tuning epochs after pruning (default 0: none)",

@@ -3,9 +3,10 @@
 ``RUNS`` holds one folder per run with the files the script keeps of it: ``config.yaml``,
 ``metrics.jsonl``, ``eval.json`` and ``prune_S/prune.json`` for each sparsity S it was pruned to
 (``rewa prune --sparsity S --bn-recalibrate N --finetune-epochs E``). Runs are grouped by method
-(fixed-strength ReWA and ReWA steered to a target are separate groups); for each group, sparsity
-and way of reporting (as pruned, BatchNorm re-estimated, fine-tuned) the run with the best
-*validation* accuracy is selected and its *test* accuracy reported.
+(fixed-strength ReWA, ReWA steered to a target on |x| and on |x| / rms(layer) are separate
+groups); for each group, sparsity and way of reporting (as pruned, BatchNorm re-estimated,
+fine-tuned) the run with the best *validation* accuracy is selected and its *test* accuracy
+reported.
 """
 
 from __future__ import annotations
@@ -23,11 +24,23 @@ from rewa.report.tables import markdown_table, write_csv, write_json
 from rewa.train.config import parse_yaml
 
 WAYS = {"oneshot": "as pruned", "bn": "BatchNorm re-estimated", "ft": "masked fine-tuning"}
-GROUP_ORDER = ["dense", "rewa", "rewa-target", "l1-prox", "l1", "gmp", "str", "spred", "lp"]
+GROUP_ORDER = [
+    "dense",
+    "rewa",
+    "rewa-target",
+    "rewa-target-rms",
+    "l1-prox",
+    "l1",
+    "gmp",
+    "str",
+    "spred",
+    "lp",
+]
 GROUP_LABELS = {
     "dense": "dense, then pruned",
     "rewa": "ReWA K=9 M=2 (fixed κ)",
     "rewa-target": "ReWA K=9 M=2 (κ steered to S)",
+    "rewa-target-rms": "ReWA K=9 M=2 (κ steered to S on |x| / rms(layer))",
     "l1-prox": "ℓ1 proximal",
     "l1": "ℓ1 subgradient",
     "gmp": "GMP",
@@ -50,9 +63,12 @@ def read_run(folder: Path) -> dict[str, Any]:
     records = epoch_records(folder)
     prunes = prune_results(folder)
     method = config["method"]
-    target = float((config.get("sparsity") or {}).get("target") or 0.0)
+    sparsity = config.get("sparsity") or {}
+    target = float(sparsity.get("target") or 0.0)
     name = method["name"]
     group = f"{name}-target" if target > 0 else name
+    if target > 0 and sparsity.get("normalize", "none") != "none":
+        group += f"-{sparsity['normalize']}"
     strength_key = STRENGTH.get(name)
     strength = method["options"].get(strength_key) if strength_key else None
     if name == "gmp":

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from rewa.errors import UsageError
+from rewa.sparsity import NORMALIZATIONS
 
 DEFAULT_SWEEP: tuple[float, ...] = (
     1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5,
@@ -134,6 +135,8 @@ class SparsityConfig:
     # rewa.train.sparse_hooks: target-sparsity control (0 = off) and masked fine-tuning
     target: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "in [0, 1)"))
     threshold: float = field(default=1e-3, metadata=NONNEG)  # |x| <= threshold counts as zero
+    # what the controller compares with the threshold: |x| (none) or |x| / rms(layer) (rms)
+    normalize: str = field(default="none", metadata=_choices(*NORMALIZATIONS))
     every: int = field(default=10, metadata=POSITIVE)  # steps between controller updates
     ramp_start: float = field(default=0.05, metadata=_check(lambda v: 0 <= v <= 1, "in [0, 1]"))
     ramp_end: float = field(default=0.6, metadata=_check(lambda v: 0 <= v <= 1, "in [0, 1]"))

@@ -74,6 +74,7 @@ def build(config: Any, model: nn.Module, method: SparseMethod) -> dict[str, Any]
                 every=s.every,
                 ramp_start=s.ramp_start,
                 ramp_end=s.ramp_end,
+                normalize=s.normalize,
                 **s.controller,
             )
         except (ValueError, TypeError) as err:
