@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -46,11 +49,12 @@ def test_bench_optim_writes_results(tmp_path):
     argv += ["--threads", "1", "--copy-elements", "100000"]
     argv += ["--no-compile", "--only", "rewa-sgd-single", "rewa-adamw-foreach"]
     argv += ["--profile", "rewa-sgd-single", "--out-dir", str(out), "--quiet"]
+    argv += ["--allocator", "default"]  # steady would change this test process's malloc
     threads = torch.get_num_threads()
     assert main(argv) == 0
     assert torch.get_num_threads() == threads  # --threads applies to the benchmark only
     result = json.loads((out / "optim.json").read_text())
-    assert result["threads"] == 1
+    assert result["threads"] == 1 and result["allocator"] == "default"
     rows = {r["optimizer"]: r for r in result["rows"]}
     assert set(rows) == {"adamw-foreach", "rewa-sgd-single", "rewa-adamw-foreach"}
     assert rows["adamw-foreach"]["vs_adamw_foreach"] == 1.0
@@ -61,6 +65,13 @@ def test_bench_optim_writes_results(tmp_path):
     assert result["copy_gb_per_s"]["before"] > 0
     assert "aten::" in result["profiles"]["resnet20 / rewa-sgd-single"]
     assert re.search(r"\|\s*rewa-sgd-single\s*\|", (out / "optim.md").read_text())
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_steady_allocator_sets_glibc_thresholds():
+    code = "from rewa.bench.timing import steady_allocator; print(steady_allocator())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB"
 
 
 def test_bench_train_writes_results(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from rewa import ReWA
 from rewa.optim import _functional as F
+from rewa.optim.rewa import CPU_GROUP_BYTES
 
 F64 = torch.float64
 
@@ -75,27 +76,39 @@ def test_single_tensor_path_equals_foreach_bit_for_bit_on_cpu(base):
         assert torch.equal(o1.state[p]["y"], o2.state[q]["y"])
 
 
-def test_cpu_default_steps_large_tensors_one_by_one_and_small_ones_together():
-    small, large = torch.ones(3, requires_grad=True), torch.ones(10_000, requires_grad=True)
-    opt = ReWA([small, large], lr=0.1)
-    assert opt._split_paths(opt.param_groups[0], [small, large]) == ([small], [large])
-    explicit = ReWA([small, large], lr=0.1, foreach=False)
-    assert explicit._split_paths(explicit.param_groups[0], [small, large]) == ([], [small, large])
+def test_cpu_default_steps_consecutive_tensors_in_cache_sized_groups():
+    quarter = CPU_GROUP_BYTES // 4 // 4  # float32 elements in a quarter of a group
+    a, b, c, d = (torch.ones(quarter, requires_grad=True) for _ in range(4))
+    small, huge = torch.ones(3, requires_grad=True), torch.ones(2 * 4 * quarter + 1)
+    params = [small, a, b, c, huge.requires_grad_(), d]
+    opt = ReWA(params, lr=0.1)
+    groups = opt._eager_groups(opt.param_groups[0], params)
+    assert groups == [[small, a, b, c], [huge], [d]]
+    explicit = ReWA(params, lr=0.1, foreach=False)
+    assert explicit._eager_groups(explicit.param_groups[0], params) == [[p] for p in params]
+    together = ReWA(params, lr=0.1, foreach=True)
+    assert together._eager_groups(together.param_groups[0], params) == [params]
 
 
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
-def test_cpu_default_path_equals_foreach_bit_for_bit(base):
+def test_cpu_default_path_equals_foreach_and_one_by_one_bit_for_bit(base):
     torch.manual_seed(1)
-    shapes = [(64, 32, 3, 3), (64,), (20, 30), (9000,)]  # both sides of the size threshold
+    # tensors grouped together, one larger than a group, and one after it
+    shapes = [(64, 32, 3, 3), (64,), (20, 30), (CPU_GROUP_BYTES // 4 + 1,), (9000,)]
     p1 = [torch.randn(*s, requires_grad=True) for s in shapes]
     p2 = [p.detach().clone().requires_grad_() for p in p1]
+    p3 = [p.detach().clone().requires_grad_() for p in p1]
     kw = dict(lr=0.03, K=3.0, M=2.0, eps=1e-4, weight_decay=1e-2, base=base)
-    o1, o2 = ReWA(p1, **kw), ReWA(p2, foreach=True, **kw)
+    opts = [ReWA(p1, **kw), ReWA(p2, foreach=True, **kw), ReWA(p3, foreach=False, **kw)]
+    assert len(opts[0]._eager_groups(opts[0].param_groups[0], p1)) == 3
     for _ in range(3):
-        for p, q in zip(p1, p2, strict=True):
+        for p, q, r in zip(p1, p2, p3, strict=True):
             p.grad = torch.randn(p.shape)
             q.grad = p.grad.clone()
-        o1.step()
-        o2.step()
-    for p, q in zip(p1, p2, strict=True):
-        assert torch.equal(p, q)
+            r.grad = p.grad.clone()
+        for opt in opts:
+            opt.step()
+    for p, q, r in zip(p1, p2, p3, strict=True):
+        assert torch.equal(p, q) and torch.equal(p, r)
+        assert torch.equal(opts[0].state[p]["y"], opts[1].state[q]["y"])
+        assert torch.equal(opts[0].state[p]["y"], opts[2].state[r]["y"])

@@ -25,6 +25,7 @@ from rewa.bench.timing import (
     copy_bandwidth,
     interleaved,
     load_average,
+    steady_allocator,
     time_once,
     torch_threads,
 )
@@ -207,6 +208,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     every = candidates(device, compiled=not args.no_compile)
     keep = {BASELINE, *args.only} if args.only else {c.name for c in every}
     cands = [c for c in every if c.name in keep]
+    allocator = "default"
+    if args.allocator == "steady" and device.type == "cpu":
+        allocator = steady_allocator() or "default (not glibc)"
     load_before = load_average()
     copy_bw = copy_bandwidth(device, args.copy_elements)
     rows: list[dict[str, Any]] = []
@@ -241,6 +245,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "provenance": provenance(),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "allocator": allocator,
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "copy_gb_per_s": {"before": copy_bw.median / 1e9, "after": copy_after.median / 1e9},
@@ -268,6 +273,7 @@ def write(result: dict[str, Any], out_dir: Path) -> str:
         f" after {result['load_average_after']}",
         f"- copy bandwidth (read + write): {result['copy_gb_per_s']['before']:.1f} GB/s before,"
         f" {result['copy_gb_per_s']['after']:.1f} GB/s after",
+        f"- CPU allocator: {result.get('allocator', 'default')}",
         f"- {result['reps']} interleaved repetitions after {result['warmup']} warm-up steps;"
         " ms = wall time of `opt.step()`; `vs_adamw_foreach` = median over repetitions of the"
         " time ratio to adamw-foreach in the same repetition; `gb_per_s` = bytes an ideal fused"

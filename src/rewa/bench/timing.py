@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import statistics
 import time
@@ -94,3 +95,23 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def steady_allocator() -> str | None:
+    """Keep glibc's malloc from returning freed memory to the OS between steps: mmap threshold at
+    its maximum (32 MiB), trim threshold 1 GiB. torch's multi-tensor optimizers allocate
+    temporaries at every step; when glibc serves them by mmap (its threshold adapts at run time,
+    differently in each process), every step pays the page faults of fresh memory. Measured on
+    the LLaMA shapes, 1 thread: torch AdamW(foreach) took 7.3–7.8 ms per step with this, and
+    7.8 or 13.8 ms in different processes without it. Returns what was set, or None where it
+    could not be (not glibc)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        return None
+    return "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB" if ok else None

@@ -92,6 +92,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="also record torch.profiler's per-op table of one step of these optimizers",
     )
+    p.add_argument(
+        "--allocator",
+        choices=("steady", "default"),
+        default="steady",
+        help="steady (default): keep glibc from handing freed memory back to the OS, so that "
+        "optimizers that allocate temporaries at every step (torch's foreach) are timed without "
+        "the page faults that otherwise make them vary up to 2x between processes",
+    )
     p.set_defaults(func=_optim, optimizer_names=names)
 
     p = sub.add_parser(

@@ -17,9 +17,13 @@ from rewa.optim import _functional as F
 from rewa.sparsity import is_dtensor, local_part
 
 BASES = ("sgd", "adamw")
-# On a CPU, tensors below this many elements take the multi-tensor path by default (measured:
-# per-call overhead dominates there; above it the cache locality of one-by-one steps wins).
-CPU_SMALL_TENSOR = 8192
+# On a CPU the default steps consecutive tensors in groups of about this many bytes (a larger
+# tensor alone), one multi-tensor call per group: the Python and dispatch overhead of a step's
+# ~15 ops (about 70 µs per call) is paid once per group, while the group's x, y, gradient and
+# moment buffers (~10 MiB) stay in the last-level cache between the ops. Measured with 1 thread on
+# a 32 MiB-L3 CPU: 9.8 ms per AdamW-base step on the LLaMA shapes against 11.5 tensor by tensor
+# and 11.6 all together (ResNet-18 shapes: 38.5, 42.2, 55.1 ms).
+CPU_GROUP_BYTES = 2 << 20
 # Positions per tensor compared with what the optimizer last wrote, to notice writes through
 # p.data (the version counter does not see them).
 WRITE_SAMPLES = 1024
@@ -165,9 +169,9 @@ class ReWA(Optimizer):
         betas, adam_eps: Adam's coefficients (``base="adamw"``).
         foreach: use the multi-tensor path, one ``torch._foreach_*`` op over all tensors of a
             device and dtype at a time (True), or step tensors one by one (False). Default: the
-            multi-tensor path on CUDA; on a CPU, one by one for large tensors (every op of a
-            tensor's step then runs while the tensor is still in cache) and together for small
-            ones. On a CPU both paths give bit-identical results.
+            multi-tensor path on CUDA; on a CPU, groups of consecutive tensors of about 2 MiB
+            (:data:`CPU_GROUP_BYTES`; every op of a group's step then runs while the group is
+            still in cache). On a CPU all paths give bit-identical results.
         compile: run each step as ``torch.compile``d kernels, one fused pass over memory per
             tensor (CPU) or per device and dtype (GPU). Equal to the eager step up to rounding;
             the first step compiles (seconds to a minute), later ones reuse the kernels.
@@ -344,19 +348,23 @@ class ReWA(Optimizer):
             return bool(group["foreach"])
         return all(p.device.type == "cuda" for p in params)
 
-    def _split_paths(
-        self, group: dict[str, Any], params: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """(parameters for the multi-tensor path, parameters to step one by one).
-
-        By default a CPU steps large tensors one by one (each op then finds the tensor in
-        cache) and small ones together (one op call for all of them: less per-call overhead).
-        The two paths give bit-identical results, so this is only a matter of speed.
-        """
+    def _eager_groups(self, group: dict[str, Any], params: list[Tensor]) -> list[list[Tensor]]:
+        """The parameters stepped together by each call of the eager update: all of them
+        (``foreach=True``), one at a time (``foreach=False``), or by default on a CPU
+        consecutive runs of about :data:`CPU_GROUP_BYTES` (a larger tensor alone). All give
+        bit-identical results, so this is only a matter of speed."""
         if group.get("foreach") is not None or any(p.device.type != "cpu" for p in params):
-            return (params, []) if self._use_foreach(group, params) else ([], params)
-        small = [p for p in params if p.numel() < CPU_SMALL_TENSOR]
-        return small, [p for p in params if p.numel() >= CPU_SMALL_TENSOR]
+            return [params] if self._use_foreach(group, params) else [[p] for p in params]
+        groups: list[list[Tensor]] = []
+        size = CPU_GROUP_BYTES
+        for p in params:
+            nbytes = p.numel() * p.element_size()
+            if size + nbytes > CPU_GROUP_BYTES:
+                groups.append([])
+                size = 0
+            groups[-1].append(p)
+            size += nbytes
+        return groups
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -384,11 +392,9 @@ class ReWA(Optimizer):
             for bucket in self._buckets(params):
                 self._update(bucket, group, h, _compiled.sgd_update, _compiled.adamw_update)
         else:
-            together, one_by_one = self._split_paths(group, params)
-            for bucket in self._buckets(together):
-                self._update(bucket, group, h, F.sgd_update, F.adamw_update)
-            for p in one_by_one:
-                self._update([p], group, h, F.sgd_update, F.adamw_update)
+            for together in self._eager_groups(group, params):
+                for bucket in self._buckets(together):
+                    self._update(bucket, group, h, F.sgd_update, F.adamw_update)
         if h.lr != 0.0:
             self._remember_writes(params, group)
 
