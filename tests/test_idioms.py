@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
 import rewa
 from rewa import ReWA
+from rewa.optim.rewa import _differ
 
 
 def linear_and_opt(momentum=0.0, detect_writes=True, seed=0):
@@ -212,3 +215,27 @@ def test_data_edits_of_a_few_percent_of_a_large_tensor_are_seen(channels_last):
     conv.weight.grad = torch.randn_like(conv.weight)
     opt.step()
     assert conv.weight.detach()[0, 0, 0, 0] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=6),
+    changes=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 39)), max_size=4),
+    nan=st.booleans(),
+)
+def test_differ_flags_exactly_the_tensors_with_a_changed_bit(sizes, changes, nan):
+    gen = torch.Generator().manual_seed(len(sizes))
+    dtypes = [torch.float32, torch.float64, torch.bfloat16]
+    then = [torch.randn(n, generator=gen).to(dtypes[i % 3]) for i, n in enumerate(sizes)]
+    if nan and sizes[0]:
+        then[0][0] = float("nan")  # a NaN left alone is no change
+    now = [t.clone() for t in then]
+    for i, j in changes:
+        if i < len(now) and j < now[i].numel():
+            now[i][j] = -now[i][j] if now[i][j] != 0 else 1.0  # -0.0 differs from 0.0 in bits
+    bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+    expected = [
+        not torch.equal(a.view(bits[a.dtype]), b.view(bits[b.dtype]))
+        for a, b in zip(now, then, strict=True)
+    ]
+    assert _differ(now, then) == expected

@@ -88,9 +88,11 @@ def y_from_x(x: Tensor, K: float, dtype: torch.dtype) -> Tensor:
 
 
 def _clamp_(ts: list[Tensor], bound: float) -> None:
-    """Clamp to [-bound, bound]: one pass per tensor (foreach has min and max as two ops)."""
-    if len(ts) == 1:
-        ts[0].clamp_(-bound, bound)
+    """Clamp to [-bound, bound]. On a CPU one pass per tensor (foreach has min and max as two
+    ops, two passes); on a GPU the two foreach ops (two launches, not two per tensor)."""
+    if len(ts) == 1 or ts[0].device.type == "cpu":
+        for t in ts:
+            t.clamp_(-bound, bound)
     else:
         torch._foreach_clamp_min_(ts, -bound)
         torch._foreach_clamp_max_(ts, bound)
@@ -285,7 +287,8 @@ def adamw_update(
         torch._foreach_addcmul_(vs, ghat, ghat, value=1.0 - h.beta2)
     if h.lr == 0.0:
         return
-    torch._foreach_mul_(ys, 1.0 - h.lr * h.weight_decay)
+    if h.weight_decay != 0.0:
+        torch._foreach_mul_(ys, 1.0 - h.lr * h.weight_decay)
     step_sizes, bias2_sqrt = adam_scalars(h, steps)
     if scratch is None:
         denom = torch._foreach_sqrt(vs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any, NamedTuple
 
 import torch
@@ -109,11 +109,12 @@ def _differ(now: list[Tensor], then: list[Tensor]) -> list[bool]:
         a = torch.cat([now[i] for i in rows])
         b = torch.cat([then[i] for i in rows])
         unequal = (a.view(bits) != b.view(bits)) if bits else ~((a == b) | (a.isnan() & b.isnan()))
-        lengths = torch.tensor([now[i].numel() for i in rows], device=device)
-        segment = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
-        counts = torch.zeros(len(rows), device=device).index_add_(0, segment, unequal.float())
-        for i, count in zip(rows, counts.tolist(), strict=True):
-            out[i] = count > 0
+        # differences up to the end of each tensor's samples: a running count read at the ends
+        ends = [0, *accumulate(now[i].numel() for i in rows)]
+        running = torch.cat([unequal.new_zeros(1, dtype=torch.int64), unequal.cumsum(0)])
+        at = running[torch.tensor(ends, device=device)].tolist()
+        for i, before, after in zip(rows, at, at[1:], strict=False):
+            out[i] = after > before
     return out
 
 
