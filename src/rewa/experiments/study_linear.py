@@ -877,7 +877,7 @@ def _markdown(cfg: Settings, summary, sweep_rows, wall: float, cpu: float) -> st
         "(−0.1 = shrunk by 10%); max update: largest |Δβ̂ⱼ| in one step, and (near zero) over the "
         "coefficients with |β̂ⱼ| ≤ 1e-3 before the step — the kicks of ℓp's unbounded gradient; "
         "nonfinite: steps with NaN/inf. Seconds: wall time of one run (the whole path for Lasso "
-        "/ dense; the machine's 2 cores were shared with other jobs, see the footer).",
+        "/ dense; the machine's load during the study is in the footer).",
         "",
         main_markdown(summary),
     ]

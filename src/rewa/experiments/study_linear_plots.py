@@ -64,7 +64,7 @@ def km_heatmaps(path: Path, cells: Sequence[dict[str, Any]]) -> None:
         for c in cells:
             i, j = Ms.index(c["M"]), Ks.index(c["K"])
             value = c[key]
-            text = f"{value:.3g}" if scale == "log" else f"{value:.2f}"
+            text = f"{value:.3g}" if scale == "log" else f"{value:.2g}"  # 0.0009, not 0.00
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w")
             if not c["valid"]:
                 ax.add_patch(
