@@ -71,7 +71,7 @@ def candidates(
     paths: list[tuple[str, dict[str, Any]]] = [
         ("foreach", {"foreach": True}),
         ("single", {"foreach": False}),
-        ("default", {}),  # CPU: large tensors one by one, small ones together
+        ("default", {}),  # CPU: consecutive tensors in ~2 MiB groups
         ("nodetect", {"detect_writes": False}),  # as the trainer runs it: no .data-write check
     ]
     if compiled:
