@@ -361,3 +361,10 @@ def test_for_method_passes_normalize_and_rejects_unknown_ones():
     assert for_method(method, model, 0.9, threshold=0.01, normalize="rms").normalize == "rms"
     with pytest.raises(ValueError, match="normalize must be one of"):
         for_method(method, model, 0.9, normalize="layer")
+
+
+def test_a_non_finite_magnitude_holds_the_multiplier():
+    ctl = SparsityController(0.9, threshold=1e-3)
+    m = ctl.update(0.1, 0.1, magnitude=1.5e-3)
+    assert ctl.update(0.1, 0.15, magnitude=float("nan")) == m
+    assert math.isfinite(ctl.integral) and ctl.update(0.1, 0.2, magnitude=1.5e-3) > m

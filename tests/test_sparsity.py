@@ -79,9 +79,14 @@ def test_layer_rms_is_the_root_mean_square_of_each_tensor():
     a, b = torch.tensor([3.0, -4.0]), torch.zeros(3)
     assert layer_rms([a, b]) == [pytest.approx(math.sqrt(12.5)), 0.0]
     magnitudes = normalized_magnitudes([a, b], "rms")
-    torch.testing.assert_close(magnitudes[0], torch.tensor([3.0, 4.0]) / math.sqrt(12.5))
+    expected = torch.tensor([3.0, 4.0]) / math.sqrt(12.5)
+    torch.testing.assert_close(magnitudes[0], expected)
     assert not magnitudes[1].any()  # an all-zero layer stays zero, no NaN
     torch.testing.assert_close(normalized_magnitudes([a], "none")[0], a.abs())
+    # a layer that all but underflowed: its RMS (1e-45 · 2^-0.5) is below the smallest float32
+    tiny = torch.tensor([1e-45, 0.0], dtype=torch.float32)
+    ratios = normalized_magnitudes([tiny], "rms")[0]
+    assert torch.isfinite(ratios).all() and ratios[1] == 0 and ratios[0] > 1
     with pytest.raises(ValueError, match="normalize must be one of none, rms"):
         normalized_magnitudes([a], "l2")
 

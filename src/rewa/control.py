@@ -262,6 +262,8 @@ class SparsityController:
         """
         if not 0.0 <= measured <= 1.0:
             raise ValueError(f"measured sparsity must be in [0, 1], got {measured!r}")
+        if magnitude is not None and not math.isfinite(magnitude):
+            return self.multiplier  # non-finite weights: no signal; a NaN must not poison I
         s = self.settings
         progress = min(max(float(progress), 0.0), 1.0)
         dp = max(progress - self.progress, 0.0)

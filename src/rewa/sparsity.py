@@ -307,15 +307,23 @@ def layer_rms(tensors: Sequence[Tensor], *, sharded: bool = False) -> list[float
 def normalized_magnitudes(
     tensors: Sequence[Tensor], normalize: str = "none", *, sharded: bool = False
 ) -> list[Tensor]:
-    """``|t|`` for each tensor, divided by the tensor's RMS when ``normalize == "rms"`` (an
-    all-zero tensor stays zero). DTensors stay DTensors, so the result can be measured and
-    thresholded like the weights themselves."""
+    """``|t|`` for each tensor, or ``|t| / rms(t)`` (float32, float64 for float64 tensors) when
+    ``normalize == "rms"`` (an all-zero tensor stays zero). DTensors stay DTensors, so the
+    result can be measured and thresholded like the weights themselves."""
     check_normalize(normalize)
-    magnitudes = [t.detach().abs() for t in tensors]
     if normalize == "none":
-        return magnitudes
+        return [t.detach().abs() for t in tensors]
     scales = layer_rms(tensors, sharded=sharded)
-    return [m / (s if s > 0 else 1.0) for m, s in zip(magnitudes, scales, strict=True)]
+    # divided in float64: the RMS of a layer that has all but underflowed can be below the
+    # smallest float32, where dividing by it would give 0/0; the ratios themselves fit float32
+    return [
+        (t.detach().double().abs() / (s if s > 0 else 1.0)).to(_ratio_dtype(t.dtype))
+        for t, s in zip(tensors, scales, strict=True)
+    ]
+
+
+def _ratio_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------- pruning
