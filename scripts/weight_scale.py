@@ -18,6 +18,7 @@ import torch
 
 from rewa.provenance import provenance
 from rewa.report.tables import markdown_table
+from rewa.sparsity import normalized_magnitudes
 from rewa.train.source import plain_model, read_source
 
 
@@ -28,7 +29,7 @@ def statistics(run: str) -> dict[str, str]:
         for name, p in model.named_parameters()
         if name.endswith("weight") and p.dim() in (2, 4)
     ]
-    relative = torch.cat([(w.abs() / w.pow(2).mean().sqrt()).flatten() for w in weights])
+    relative = torch.cat([r.flatten() for r in normalized_magnitudes(weights, "rms")])
     magnitudes = torch.cat([w.abs().flatten() for w in weights])
     top_share = []
     for w in weights:
