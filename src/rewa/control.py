@@ -589,12 +589,13 @@ class TargetSparsity:
         return lr / peak
 
     def weights(self) -> list[Tensor]:
-        """The magnitudes the controller reads: |x|, or |x| / rms(layer)."""
+        """What the controller thresholds: the weights themselves (their magnitudes are taken
+        by :func:`magnitude_threshold`), or |x| / rms(layer)."""
         if isinstance(self.source, nn.Module):
             raw = [w for _, w in effective_weights(self.source)]
         else:
             raw = list(self.source)
-        return normalized_magnitudes(raw, self.normalize)
+        return raw if self.normalize == "none" else normalized_magnitudes(raw, self.normalize)
 
     def metrics(self) -> dict[str, float]:
         """Values to log: measured and scheduled sparsity, multiplier, strength."""
