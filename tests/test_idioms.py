@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize, prune
 
 import rewa
 from rewa import ReWA
-from rewa.optim.rewa import _differ
+from rewa.optim.rewa import WRITE_SAMPLES, _differ, _probe, _sample_positions
 
 
 def linear_and_opt(momentum=0.0, detect_writes=True, seed=0):
@@ -239,3 +239,62 @@ def test_differ_flags_exactly_the_tensors_with_a_changed_bit(sizes, changes, nan
         for a, b in zip(now, then, strict=True)
     ]
     assert _differ(now, then) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.one_of(st.integers(1, 40_000), st.integers(1, 10**10)))
+def test_write_samples_are_distinct_positions_inside_the_tensor(n):
+    pos = _sample_positions(n, torch.device("cpu"))
+    assert pos.numel() == min(n, WRITE_SAMPLES) == pos.unique().numel()
+    assert int(pos.min()) >= 0 and int(pos.max()) < n
+
+
+# Layer shapes of the models rewa trains (and a few common others): (out, in[, kh, kw]).
+SAMPLED_SHAPES = [
+    (16, 3, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3), (32, 32, 3, 3), (64, 64, 3, 3),
+    (256, 256, 3, 3), (512, 512, 3, 3), (64, 3, 7, 7), (512, 256, 1, 1), (10, 64), (50, 50),
+    (192, 192), (576, 192), (192, 512), (512, 192), (65, 192), (1000, 2048), (768, 3072),
+    (3072, 768), (1024, 512), (4096, 4096),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", SAMPLED_SHAPES, ids=str)
+def test_write_samples_meet_every_row_most_columns_and_every_kernel_position(shape):
+    """A pruning edit of one output unit (row), one input (column) or one kernel position is
+    seen when a sample falls in it; this pins down how well the fixed sample covers them."""
+    n = torch.Size(shape).numel()
+    index = torch.unravel_index(_sample_positions(n, torch.device("cpu")), shape)
+    rows, cols = index[0].unique().numel(), index[1].unique().numel()
+    assert rows >= min(shape[0], WRITE_SAMPLES) - 3  # a 1024-row matrix: 1021 of them
+    assert cols >= 0.5 * min(shape[1], WRITE_SAMPLES)
+    if len(shape) == 4:
+        assert (index[2] * shape[3] + index[3]).unique().numel() == shape[2] * shape[3]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_write_probe_is_a_view_of_the_sampled_positions_in_storage_order(channels_last):
+    w = torch.randn(64, 32, 3, 3)
+    if channels_last:
+        w = w.to(memory_format=torch.channels_last)
+    probe = _probe(w)
+    stored = w.permute(0, 2, 3, 1).reshape(-1) if channels_last else w.reshape(-1)
+    assert probe.untyped_storage().data_ptr() == w.untyped_storage().data_ptr()  # a view
+    assert torch.equal(probe.reshape(-1), stored[_sample_positions(w.numel(), w.device)])
+    w.zero_()  # the probe reads what the tensor holds now
+    assert probe.eq(0).all()
+
+
+@pytest.mark.parametrize("row", [0, 287, 575])
+def test_an_edited_row_of_a_transformer_matrix_is_seen(row):
+    """Zeroing one output unit through .data (the last one included) survives the next steps."""
+    torch.manual_seed(0)
+    lin = nn.Linear(192, 576)
+    opt = ReWA([lin.weight], lr=0.01, K=9, M=2, momentum=0.0, weight_decay=0.0)
+    for _ in range(2):
+        lin.weight.grad = torch.randn_like(lin.weight)
+        opt.step()
+    lin.weight.data[row] = 0.0
+    lin.weight.grad = torch.randn_like(lin.weight)
+    opt.step()
+    assert lin.weight.detach()[row].eq(0).all()
+    assert opt.state[lin.weight]["y"][row].eq(0).all()

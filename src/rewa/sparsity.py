@@ -71,20 +71,29 @@ def effective_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
 # ---------------------------------------------------------------- sharded tensors
 
 
-def _dtensor_type() -> type | None:
+def dtensor_type() -> type | None:
     """DTensor's class if torch.distributed.tensor was imported (no DTensor exists otherwise)."""
     module = sys.modules.get("torch.distributed.tensor")
     return getattr(module, "DTensor", None)
 
 
 def is_dtensor(t: Tensor) -> bool:
-    cls = _dtensor_type()
+    cls = dtensor_type()
     return cls is not None and isinstance(t, cls)
 
 
 def local_part(t: Tensor) -> Tensor:
     """The elements of ``t`` stored on this rank (the tensor itself unless it is a DTensor)."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def local_parts(ts: Iterable[Tensor]) -> list[Tensor]:
+    """:func:`local_part` of each tensor, with one check for DTensor support (an optimizer step
+    calls this for hundreds of tensors)."""
+    cls = dtensor_type()
+    if cls is None:
+        return list(ts)
+    return [t.to_local() if isinstance(t, cls) else t for t in ts]
 
 
 def _sum_over_shards(tensors: Sequence[Tensor], counts: Sequence[Tensor], sharded: bool) -> Tensor:

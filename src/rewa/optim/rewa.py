@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from itertools import accumulate, chain
@@ -14,7 +15,7 @@ from torch.optim import Optimizer
 
 from rewa.optim import _compiled
 from rewa.optim import _functional as F
-from rewa.sparsity import is_dtensor, local_part
+from rewa.sparsity import dtensor_type, is_dtensor, local_part, local_parts
 
 BASES = ("sgd", "adamw")
 # On a CPU the default steps consecutive tensors in groups of about this many bytes (a larger
@@ -25,8 +26,8 @@ BASES = ("sgd", "adamw")
 # and 11.6 all together (ResNet-18 shapes: 38.5, 42.2, 55.1 ms).
 CPU_GROUP_BYTES = 2 << 20
 # Positions per tensor compared with what the optimizer last wrote, to notice writes through
-# p.data (the version counter does not see them).
-WRITE_SAMPLES = 1024
+# p.data (the version counter does not see them): a 32 x 32 grid (see _sample_grid).
+WRITE_SAMPLES = 32 * 32
 # State that is kept in the master precision, not in the parameter's dtype.
 _MASTER_KEYS = ("y", "momentum_buffer", "exp_avg", "exp_avg_sq")
 
@@ -43,6 +44,12 @@ def _local_grad(p: Tensor) -> Tensor:
     if is_dtensor(g) and g.placements != p.placements:
         g = g.redistribute(p.device_mesh, p.placements)
     return local_part(g)
+
+
+def _local_grads(params: list[Tensor]) -> list[Tensor]:
+    if dtensor_type() is None:  # one check for all: no DTensor exists
+        return [p.grad for p in params]
+    return [_local_grad(p) for p in params]
 
 
 def validate_hyperparameters(group: dict[str, Any]) -> None:
@@ -78,20 +85,72 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
         check(name, abs(real(name)) != float("inf") and real(name) == real(name), "a finite number")
 
 
-@functools.lru_cache(maxsize=1024)
-def _sample_index(n: int, device: torch.device) -> Tensor:
-    """A fixed spread of WRITE_SAMPLES positions among ``n``: one in each of as many equal
-    strata, at a position that varies from stratum to stratum; every position when n is small."""
+def _sample_grid(n: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Where the write check looks among ``n`` elements (in storage order): None for every
+    element (a small tensor), else the size and strides of a 32 x 32 view of WRITE_SAMPLES
+    positions: 32 runs spread evenly over the whole tensor, each of 32 samples ``step`` apart.
+    ``step`` (at most n / 1024) is prime to 2 and 3, so that the samples of a run fall in turn on
+    every position of a 3x3 kernel and on odd and even columns; and since the runs start at
+    spacings unrelated to the row length, a single edited row or column of a matrix meets some
+    sample (every row and at least half of the columns of the shapes in tests/test_idioms.py)."""
     if n <= WRITE_SAMPLES:
+        return None
+    step = n // WRITE_SAMPLES
+    while step > 1 and math.gcd(step, 6) != 1:
+        step -= 1
+    run_stride = (n - 1 - 31 * step) // 31  # > 31 * step: runs do not overlap; the last ends < n
+    return (32, 32), (run_stride, step)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sample_positions(n: int, device: torch.device) -> Tensor:
+    """The positions of :func:`_sample_grid` as indices (for tensors that are not dense)."""
+    grid = _sample_grid(n)
+    if grid is None:
         return torch.arange(n, device=device)
-    k = torch.arange(WRITE_SAMPLES, device=device)
-    width = n // WRITE_SAMPLES
-    return k * width + (k * 7919) % width
+    (rows, cols), (row_stride, col_stride) = grid
+    a = torch.arange(rows, device=device).view(-1, 1)
+    b = torch.arange(cols, device=device).view(1, -1)
+    return (a * row_stride + b * col_stride).view(-1)
 
 
-def _sample(t: Tensor, index: Tensor) -> Tensor:
-    """The entries of ``t`` at ``index`` (positions in row-major order, whatever the layout)."""
-    return torch.take(t, index)
+def _memory_order(t: Tensor) -> Tensor | None:
+    """The elements of ``t`` as a 1-D view in the order they are stored (contiguous and
+    channels-last tensors), or None for other layouts."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).view(-1)
+    return None
+
+
+def _probe(t: Tensor) -> Tensor | None:
+    """A view of ``t`` at the sampled positions (storage order), made once and read at every
+    step without a gather; None when its elements do not fill a dense block."""
+    flat = _memory_order(t.detach())  # no autograd view of the parameter (it outlives the step)
+    if flat is None:
+        return None
+    grid = _sample_grid(flat.numel())
+    return flat if grid is None else flat.as_strided(*grid, flat.storage_offset())
+
+
+def _read(t: Tensor, probe: Tensor | None) -> Tensor:
+    """The sampled entries of ``t``: its probe (a view), or a gather for a tensor without one."""
+    return probe if probe is not None else torch.take(t, _sample_positions(t.numel(), t.device))
+
+
+def _concat(ts: list[Tensor]) -> list[Tensor]:
+    """``ts`` concatenated: one tensor for each device, dtype and kind of sample (32 x 32 grids,
+    whole small tensors)."""
+    kinds: dict[tuple[Any, ...], list[Tensor]] = defaultdict(list)
+    for t in ts:
+        kinds[(t.device, t.dtype, t.dim())].append(t)
+    return [torch.cat(k) for k in kinds.values()]
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    bits = _BITS.get(a.dtype.itemsize)
+    return bits is not None and torch.equal(a.view(bits), b.view(bits))
 
 
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -121,7 +180,7 @@ def _differ(now: list[Tensor], then: list[Tensor]) -> list[bool]:
 def trust_parameters(optimizer: Optimizer) -> None:
     """Turn off ReWA's check for writes through ``p.data`` in every group of ``optimizer`` (a
     no-op for other optimizers): for training loops that never write parameters that way, it
-    spares two small gathers per tensor per step and, on a GPU, a host sync."""
+    spares reading 1,024 entries of each tensor twice per step and, on a GPU, a host sync."""
     for group in optimizer.param_groups:
         if "detect_writes" in group:
             group["detect_writes"] = False
@@ -132,8 +191,8 @@ class _Written(NamedTuple):
 
     version: int
     data_ptr: int
-    index: Tensor | None  # positions sampled when writes through .data are detected
-    sample: Tensor | None  # the values the optimizer wrote there
+    probe: Tensor | None  # a view of the sampled positions (None: gathered, or not detecting)
+    sample: Tensor | None  # the values the optimizer wrote there (None: not detecting)
 
 
 class ReWA(Optimizer):
@@ -257,21 +316,22 @@ class ReWA(Optimizer):
         ``load_state_dict``), new storage (``p.data = t``), or, with ``detect_writes``, a sampled
         position that no longer holds what the optimizer wrote (in-place writes through
         ``p.data``, which bypass the version counter)."""
-        changed, suspects = [], []
-        for p in params:
+        changed, suspects, now, then = [], [], [], []
+        detect = group.get("detect_writes", True)
+        for p, local in zip(params, local_parts(params), strict=True):
             seen = self._written.get(p)
             if seen is None or "y" not in self.state[p]:
                 continue
-            local = local_part(p)
             if local._version != seen.version or local.data_ptr() != seen.data_ptr:
                 changed.append(p)
-            elif seen.sample is not None and group.get("detect_writes", True):
+            elif seen.sample is not None and detect:
                 suspects.append(p)
-        if suspects:
-            seen = [self._written[p] for p in suspects]
-            now = [_sample(local_part(p), w.index) for p, w in zip(suspects, seen, strict=True)]
-            then = [w.sample for w in seen]
-            changed += [p for p, d in zip(suspects, _differ(now, then), strict=True) if d]
+                now.append(_read(local, seen.probe))
+                then.append(seen.sample)
+        if suspects and not all(map(_same_bits, _concat(now), _concat(then))):
+            flat_now = [t.reshape(-1) for t in now]
+            flat_then = [t.reshape(-1) for t in then]
+            changed += [p for p, d in zip(suspects, _differ(flat_now, flat_then), strict=True) if d]
         return changed
 
     def _remember_writes(self, params: list[Tensor], group: dict[str, Any]) -> None:
@@ -279,12 +339,16 @@ class ReWA(Optimizer):
         mastered = [p for p in params if "y" in self.state[p]]
         if not mastered:
             return
-        locals_ = [local_part(p) for p in mastered]
+        locals_ = local_parts(mastered)
         detect = group.get("detect_writes", True)
         for p, local in zip(mastered, locals_, strict=True):
-            index = _sample_index(local.numel(), local.device) if detect else None
-            sample = _sample(local, index) if detect else None
-            self._written[p] = _Written(local._version, local.data_ptr(), index, sample)
+            seen = self._written.get(p)
+            probe, sample = None, None
+            if detect:
+                same_storage = seen is not None and seen.data_ptr == local.data_ptr()
+                probe = seen.probe if same_storage and seen.probe is not None else _probe(local)
+                sample = _read(local, probe).clone()
+            self._written[p] = _Written(local._version, local.data_ptr(), probe, sample)
 
     def _merge_y(self, p: Tensor, group: dict[str, Any]) -> None:
         """Follow an outside write to ``p``: y is re-derived from p where p no longer equals
@@ -386,18 +450,20 @@ class ReWA(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("ReWA does not support sparse gradients")
             self._init_state(p, group)
-        for p in self._written_elsewhere(params, group):
-            self._merge_y(p, group)
         h = self._hyper(group)
         if group.get("compile", False):
-            for bucket in self._buckets(params):
-                self._update(bucket, group, h, _compiled.sgd_update, _compiled.adamw_update)
+            kernels, together = (_compiled.sgd_update, _compiled.adamw_update), [params]
         else:
-            for together in self._eager_groups(group, params):
-                for bucket in self._buckets(together):
-                    self._update(bucket, group, h, F.sgd_update, F.adamw_update)
-        if h.lr != 0.0:
-            self._remember_writes(params, group)
+            kernels, together = (F.sgd_update, F.adamw_update), self._eager_groups(group, params)
+        # Check and record outside writes group by group, next to the group's update: the sampled
+        # positions are then read while the update has (or is about to have) them in cache.
+        for ps in together:
+            for p in self._written_elsewhere(ps, group):
+                self._merge_y(p, group)
+            for bucket in self._buckets(ps):
+                self._update(bucket, group, h, *kernels)
+            if h.lr != 0.0:
+                self._remember_writes(ps, group)
 
     def _buckets(self, params: list[Tensor]) -> list[list[Tensor]]:
         """Group parameters by (device, dtype, has master y) for the multi-tensor kernels."""
@@ -426,14 +492,14 @@ class ReWA(Optimizer):
         else:
             torch._foreach_add_(steps, 1.0)
         has_master = "y" in states[0]
-        local = [local_part(p) for p in params]
+        local = local_parts(params)
         xs = local if has_master else None
-        ys = [local_part(s["y"]) for s in states] if has_master else local
-        grads = [_local_grad(p) for p in params]
+        ys = local_parts(s["y"] for s in states) if has_master else local
+        grads = _local_grads(params)
         if group["base"] == "sgd":
-            bufs = [local_part(s["momentum_buffer"]) for s in states] if h.momentum != 0.0 else None
+            bufs = local_parts(s["momentum_buffer"] for s in states) if h.momentum != 0.0 else None
             sgd_update(xs, ys, grads, bufs, h)
         else:
-            ms = [local_part(s["exp_avg"]) for s in states]
-            vs = [local_part(s["exp_avg_sq"]) for s in states]
+            ms = local_parts(s["exp_avg"] for s in states)
+            vs = local_parts(s["exp_avg_sq"] for s in states)
             adamw_update(xs, ys, grads, ms, vs, steps, h)
