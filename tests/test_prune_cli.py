@@ -92,6 +92,14 @@ def test_target_sparsity_can_measure_relative_to_each_layer(data_dir, tmp_path):
     weights = [w for _, w in effective_weights(model)]
     relative = sparsity_report(normalized_magnitudes(weights, "rms"), (0.05,))
     assert metrics(run_dir)[-1]["control_measured"] == pytest.approx(relative.fraction_below(0.05))
+    # `rewa prune` prunes such a run by the same relative magnitude unless told otherwise
+    assert run("prune", run_dir, "--sparsity", "0.8", "--no-eval", "--quiet") == 0
+    rule = json.loads((run_dir / "pruned_s0.8_rms" / "prune.json").read_text())["pruned"]["rule"]
+    assert rule == "global magnitude of |x| / rms(layer), sparsity 0.8"
+    assert run("prune", run_dir, "--sparsity", "0.8", "--normalize", "none", "--no-eval",
+               "--quiet") == 0  # fmt: skip
+    rule = json.loads((run_dir / "pruned_s0.8" / "prune.json").read_text())["pruned"]["rule"]
+    assert rule == "global magnitude of |x|, sparsity 0.8"
 
 
 def test_target_sparsity_config_errors_are_one_line(data_dir, tmp_path, capsys):

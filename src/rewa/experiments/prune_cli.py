@@ -117,6 +117,10 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
     config = source.config
     if args.data_dir:
         config.data.data_dir = args.data_dir
+    if args.normalize is None:  # prune by the magnitude the run was steered on
+        args.normalize = config.sparsity.normalize
+        if args.normalize != "none":
+            echo(f"normalize: {args.normalize} (the run's sparsity.normalize)")
     out = Path(args.out) if args.out else default_prune_dir(source, args)
     resuming = args.resume and (out / PRUNED).is_file()
     if not resuming:
@@ -485,9 +489,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--threshold", type=nonneg_float, metavar="T", help="zero every weight with |x| <= T"
     )
     p.add_argument(
-        "--normalize", choices=NORMALIZATIONS, default="none",
-        help="compare |x| (none, default: the paper's global magnitude) or |x| / rms(layer) "
-        "(rms: scale-free across layers, for networks whose layers feed BatchNorm)",
+        "--normalize", choices=NORMALIZATIONS, default=None,
+        help="compare |x| (none: the paper's global magnitude) or |x| / rms(layer) (rms: "
+        "scale-free across layers, for networks whose layers feed BatchNorm); default: the "
+        "run's sparsity.normalize (none unless it was steered with rms)",
     )  # fmt: skip
     p.add_argument(
         "--finetune-epochs", type=nonneg_int, default=0, metavar="N",
