@@ -18,17 +18,13 @@ import torch
 
 from rewa.provenance import provenance
 from rewa.report.tables import markdown_table
-from rewa.sparsity import normalized_magnitudes
+from rewa.sparsity import effective_weights, normalized_magnitudes
 from rewa.train.source import plain_model, read_source
 
 
 def statistics(run: str) -> dict[str, str]:
     model = plain_model(read_source(run, echo=lambda *args: None))
-    weights = [
-        p.detach().float()
-        for name, p in model.named_parameters()
-        if name.endswith("weight") and p.dim() in (2, 4)
-    ]
+    weights = [w.float() for _, w in effective_weights(model)]  # what sparsity is measured over
     relative = torch.cat([r.flatten() for r in normalized_magnitudes(weights, "rms")])
     magnitudes = torch.cat([w.abs().flatten() for w in weights])
     top_share = []

@@ -218,7 +218,10 @@ def plot(path: Path, chosen, dense_test: float | None) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (validation-selected run)")
     axes[0].set_ylim(0, 1)
-    axes[-1].legend(fontsize=7, loc="lower left")
+    # the legend goes on the panel with the most curves (the fine-tuning one may have none yet)
+    fullest = max(axes, key=lambda ax: len(ax.get_legend_handles_labels()[0]))
+    if fullest.get_legend_handles_labels()[0]:
+        fullest.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
