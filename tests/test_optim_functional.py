@@ -112,3 +112,18 @@ def test_cpu_default_path_equals_foreach_and_one_by_one_bit_for_bit(base):
         assert torch.equal(p, q) and torch.equal(p, r)
         assert torch.equal(opts[0].state[p]["y"], opts[1].state[q]["y"])
         assert torch.equal(opts[0].state[p]["y"], opts[2].state[r]["y"])
+
+
+def test_clamp_of_a_mixed_list_equals_clamp_of_each_tensor():
+    """Large CPU tensors are clamped one by one and small ones by foreach ops: the same values,
+    infinities included (and NaN stays NaN)."""
+    gen = torch.Generator().manual_seed(0)
+    sizes = [7, F._CLAMP_ALONE_NUMEL, 3, F._CLAMP_ALONE_NUMEL + 5, 1]
+    ts = [torch.randn(n, generator=gen) * 10 for n in sizes]
+    for t in ts:
+        t[0] = float("inf")
+        t[-1] = float("nan") if t.numel() > 1 else -float("inf")
+    expected = [t.clamp(-2.5, 2.5) for t in ts]
+    F._clamp_(ts, 2.5)
+    for got, want in zip(ts, expected, strict=True):
+        assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))

@@ -87,13 +87,27 @@ def y_from_x(x: Tensor, K: float, dtype: torch.dtype) -> Tensor:
 # tensor method directly: the same kernel as the _foreach op without its dispatch overhead.
 
 
+# On a CPU, tensors of at least this many elements are clamped one by one (one pass each) and
+# smaller ones by the two foreach ops (two passes over little memory, but one call each).
+_CLAMP_ALONE_NUMEL = 1 << 14
+
+
 def _clamp_(ts: list[Tensor], bound: float) -> None:
-    """Clamp to [-bound, bound]. On a CPU one pass per tensor (foreach has min and max as two
-    ops, two passes); on a GPU the two foreach ops (two launches, not two per tensor)."""
-    if len(ts) == 1 or ts[0].device.type == "cpu":
+    """Clamp to [-bound, bound]. foreach has min and max as two ops (two passes), so on a CPU a
+    large tensor takes one ``clamp_`` of its own; on a GPU the two foreach ops (two launches,
+    not two per tensor)."""
+    if len(ts) == 1:
+        ts[0].clamp_(-bound, bound)
+        return
+    if ts[0].device.type == "cpu":
+        small = []
         for t in ts:
-            t.clamp_(-bound, bound)
-    else:
+            if t.numel() >= _CLAMP_ALONE_NUMEL:
+                t.clamp_(-bound, bound)
+            else:
+                small.append(t)
+        ts = small
+    if ts:
         torch._foreach_clamp_min_(ts, -bound)
         torch._foreach_clamp_max_(ts, bound)
 

@@ -47,8 +47,10 @@ def _local_grad(p: Tensor) -> Tensor:
 
 
 def _local_grads(params: list[Tensor]) -> list[Tensor]:
-    if dtensor_type() is None:  # one check for all: no DTensor exists
-        return [p.grad for p in params]
+    grads = [p.grad for p in params]
+    cls = dtensor_type()
+    if cls is None or not any(isinstance(g, cls) for g in grads):
+        return grads
     return [_local_grad(p) for p in params]
 
 
