@@ -150,3 +150,21 @@ def test_warm_start_script_sparsifies_a_trained_run_with_rewa_and_gmp(study):
     again = subprocess.run(["bash", str(script)], cwd=ROOT, env=missing, capture_output=True,
                            text=True, timeout=60)  # fmt: skip
     assert again.returncode == 2 and "no such run directory" in again.stderr
+
+
+def test_the_legend_goes_on_the_fullest_panel_and_an_empty_figure_gets_none(recwarn):
+    import matplotlib.pyplot as plt
+
+    from rewa.report.curves import legend_on_fullest
+
+    _, axes = plt.subplots(1, 3)
+    axes[1].plot([0, 1], label="a")
+    axes[1].plot([1, 0], label="b")
+    axes[2].plot([0, 1], label="a")
+    legend_on_fullest(axes)
+    assert [ax.get_legend() is not None for ax in axes] == [False, True, False]
+    _, axes = plt.subplots(1, 2)  # a study with no results yet
+    legend_on_fullest(axes)
+    assert all(ax.get_legend() is None for ax in axes)
+    assert not [w for w in recwarn if "legend" in str(w.message).lower()]
+    plt.close("all")

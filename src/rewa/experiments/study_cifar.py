@@ -196,7 +196,7 @@ def plot(path: Path, chosen, dense_test: float | None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rewa.report.curves import _sparsity_axis
+    from rewa.report.curves import _sparsity_axis, legend_on_fullest
 
     groups = sorted({g for g, _, _ in chosen}, key=_order)
     fig, axes = plt.subplots(1, len(WAYS), figsize=(15, 4.6), sharey=True)
@@ -218,10 +218,7 @@ def plot(path: Path, chosen, dense_test: float | None) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (validation-selected run)")
     axes[0].set_ylim(0, 1)
-    # the legend goes on the panel with the most curves (the fine-tuning one may have none yet)
-    fullest = max(axes, key=lambda ax: len(ax.get_legend_handles_labels()[0]))
-    if fullest.get_legend_handles_labels()[0]:
-        fullest.legend(fontsize=7, loc="lower left")
+    legend_on_fullest(axes, fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -141,6 +141,8 @@ def plot(path: Path, chosen) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rewa.report.curves import legend_on_fullest
+
     groups = sorted({g for g, _, _ in chosen}, key=lambda g: ORDER.index(g) if g in ORDER else 99)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
     for ax, (way, title) in zip(
@@ -162,7 +164,7 @@ def plot(path: Path, chosen) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation loss (nats per character)")
     axes[0].set_ylim(top=min(4.5, axes[0].get_ylim()[1]))
-    axes[1].legend(fontsize=8)
+    legend_on_fullest(axes, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -33,6 +33,14 @@ def _sparsity_axis(ax) -> None:
     ax.set_xlabel("sparsity of conv + linear weights (|x| <= τ zeroed)")
 
 
+def legend_on_fullest(axes: Sequence[Any], **kwargs: Any) -> None:
+    """One legend, on the panel with the most labelled curves (none if no panel has any: a
+    panel may be empty while a study is partial, and matplotlib warns on an empty legend)."""
+    fullest = max(axes, key=lambda ax: len(ax.get_legend_handles_labels()[0]))
+    if fullest.get_legend_handles_labels()[0]:
+        fullest.legend(**kwargs)
+
+
 def _to_log_density(s):
     return -np.log10(np.clip(1.0 - np.asarray(s, dtype=float), 1e-5, None))
 
