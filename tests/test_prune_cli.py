@@ -92,6 +92,14 @@ def test_target_sparsity_can_measure_relative_to_each_layer(data_dir, tmp_path):
     weights = [w for _, w in effective_weights(model)]
     relative = sparsity_report(normalized_magnitudes(weights, "rms"), (0.05,))
     assert metrics(run_dir)[-1]["control_measured"] == pytest.approx(relative.fraction_below(0.05))
+    # its final evaluation also reads it pruned by that relative magnitude
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    normalized = evaluation["at_sparsity_normalized"]
+    targets = evaluation["config"]["eval"]["target_sparsities"]
+    assert normalized["normalize"] == "rms" and targets
+    assert [p["target"] for p in normalized["points"]] == targets
+    assert all(p["sparsity"] >= p["target"] - 1e-9 for p in normalized["points"])
+    assert "pruned by |x| / rms(layer)" in (run_dir / "eval.md").read_text()
     # `rewa prune` prunes such a run by the same relative magnitude unless told otherwise
     assert run("prune", run_dir, "--sparsity", "0.8", "--no-eval", "--quiet") == 0
     rule = json.loads((run_dir / "pruned_s0.8_rms" / "prune.json").read_text())["pruned"]["rule"]

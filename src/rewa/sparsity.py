@@ -288,6 +288,8 @@ def sparsity_report(
 # making it any sparser (ReWA's decay does exactly that: results/warm_start/scale.md); divided by
 # the layer's RMS, a magnitude says how small a weight is next to its own layer.
 NORMALIZATIONS: tuple[str, ...] = ("none", "rms")
+# What each compares, in the words of reports.
+MAGNITUDE_NAMES = {"none": "|x|", "rms": "|x| / rms(layer)"}
 
 
 def check_normalize(normalize: str) -> str:

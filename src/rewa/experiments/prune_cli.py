@@ -37,7 +37,7 @@ from rewa.masks import Masks, allocation, allocation_rows, dead_layer_warnings
 from rewa.models import build_model
 from rewa.provenance import provenance
 from rewa.report.tables import markdown_table, write_csv, write_json
-from rewa.sparsity import NORMALIZATIONS, sparsity_report
+from rewa.sparsity import MAGNITUDE_NAMES, NORMALIZATIONS, sparsity_report
 from rewa.train.source import PRUNED, Source, num_classes_of, plain_model, read_source
 
 FINETUNE = "finetune"
@@ -103,7 +103,7 @@ def default_prune_dir(source: Source, args: argparse.Namespace) -> Path:
 
 def prune_rule(args: argparse.Namespace) -> str:
     """The pruning rule in words, as prune.json and prune.md state it."""
-    magnitude = "|x|" if args.normalize == "none" else "|x| / rms(layer)"
+    magnitude = MAGNITUDE_NAMES[args.normalize]
     if args.sparsity is not None:
         return f"global magnitude of {magnitude}, sparsity {args.sparsity:g}"
     return f"{magnitude} <= {args.threshold:g}"

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rewa.masks import Masks
 from rewa.sparsity import prune_, sparsifiable_parameters, sparsity_report
 from rewa.train.distributed import sum_over_ranks
 
@@ -185,6 +186,40 @@ def threshold_sweep(
         previous = point
         if progress is not None:
             progress(point)
+    return points
+
+
+@torch.no_grad()
+def normalized_prunes(
+    model: nn.Module,
+    splits: Mapping[str, Any],
+    *,
+    target_sparsities: Sequence[float],
+    normalize: str,
+    device: torch.device,
+    bf16: bool = False,
+) -> list[dict[str, Any]]:
+    """For each target: prune a copy of ``model`` by the global magnitude of |x| normalized per
+    layer (``normalize``, see :func:`rewa.sparsity.normalized_magnitudes`) to that sparsity and
+    record its sparsity and accuracy on every split: what a run steered on that magnitude is
+    read at (the threshold sweep compares |x| itself). The masks are `rewa prune`'s: at least
+    ceil(S·n) weights pruned."""
+    points = []
+    for target in target_sparsities:
+        pruned = copy.deepcopy(model)
+        Masks.from_model(pruned, sparsity=target, normalize=normalize).apply_(pruned)
+        report = sparsity_report(pruned, ())
+        point: dict[str, Any] = {
+            "target": float(target),
+            "sparsity": report.sparsity,
+            "zeros": report.zeros,
+            "total": report.total,
+        }
+        for name, batches in splits.items():
+            result = evaluate(pruned, batches, device=device, bf16=bf16)
+            point[f"{name}_acc"] = result.accuracy
+            point[f"{name}_loss"] = result.loss
+        points.append(point)
     return points
 
 

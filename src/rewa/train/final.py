@@ -18,11 +18,22 @@ from rewa.errors import UsageError
 from rewa.provenance import provenance
 from rewa.report import curves
 from rewa.report.tables import markdown_table, write_json
-from rewa.sparsity import DEFAULT_THRESHOLDS, SparsityReport, effective_weights, sparsity_report
+from rewa.sparsity import (
+    DEFAULT_THRESHOLDS,
+    MAGNITUDE_NAMES,
+    SparsityReport,
+    effective_weights,
+    sparsity_report,
+)
 from rewa.train import checkpoint, distributed
 from rewa.train.config import Config, config_from_dict
 from rewa.train.datasets import split_size
-from rewa.train.evaluation import accuracy_at_sparsity, threshold_sweep, use_bf16
+from rewa.train.evaluation import (
+    accuracy_at_sparsity,
+    normalized_prunes,
+    threshold_sweep,
+    use_bf16,
+)
 from rewa.train.rundir import CONFIG, EVAL_JSON, EVAL_MD, METRICS, read_metrics, stored_config
 from rewa.train.trainer import (
     build_model_and_method,
@@ -61,6 +72,17 @@ def final_evaluation(
             bf16=use_bf16(config.model.bf16, device),
             progress=lambda _: bar.update(1),
         )
+    normalize = config.sparsity.normalize
+    normalized = None
+    if normalize != "none" and targets:
+        normalized = normalized_prunes(
+            model,
+            splits,
+            target_sparsities=targets,
+            normalize=normalize,
+            device=device,
+            bf16=use_bf16(config.model.bf16, device),
+        )
     report = sparsity_report(model, sorted(set(DEFAULT_THRESHOLDS) | {LAYER_THRESHOLD}))
     empty = report.empty_layers()
     at = {
@@ -90,6 +112,13 @@ def final_evaluation(
         "layers": report.to_dict(),
         "config": config.to_dict(),
     }
+    if normalized is not None:
+        result["at_sparsity_normalized"] = {
+            "normalize": normalize,
+            "rule": f"global magnitude of {MAGNITUDE_NAMES[normalize]} (the run's "
+            "sparsity.normalize), pruned to each target",
+            "points": normalized,
+        }
     if not distributed.is_main():
         return result
     write_json(root / EVAL_JSON, result)
@@ -158,6 +187,7 @@ def eval_markdown(result: dict[str, Any], report: SparsityReport) -> str:
             {"target": ".0%", **SWEEP_FORMATS},
         ),
         "",
+        *_normalized_section(result, splits),
         "## Threshold sweep (zero every |x| <= τ)",
         "",
         markdown_table(
@@ -176,6 +206,24 @@ def eval_markdown(result: dict[str, Any], report: SparsityReport) -> str:
         ]
     lines += ["```", report.format(), "```", ""]
     return "\n".join(lines)
+
+
+def _normalized_section(result: dict[str, Any], splits: list[str]) -> list[str]:
+    normalized = result.get("at_sparsity_normalized")
+    if normalized is None:
+        return []
+    return [
+        f"## Accuracy at target sparsity, pruned by {MAGNITUDE_NAMES[normalized['normalize']]}",
+        "",
+        normalized["rule"] + ".",
+        "",
+        markdown_table(
+            normalized["points"],
+            ["target", "sparsity", *(f"{s}_acc" for s in splits)],
+            {"target": ".0%", **SWEEP_FORMATS},
+        ),
+        "",
+    ]
 
 
 def evaluate_run(
