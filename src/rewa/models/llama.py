@@ -128,6 +128,7 @@ class LlamaLM(nn.Module):
 
 
 @torch.no_grad()
+@torch.no_grad()
 def generate(
     model: LlamaLM,
     prompt: Tensor,
