@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rewa
+from rewa.cli import main
 from rewa.data.text import TextBatches, TextEval, load_text
 from rewa.errors import UsageError
 from rewa.models import build_model
@@ -169,3 +170,12 @@ def test_study_script_trains_prunes_fine_tunes_and_samples(text_dir, tmp_path):
     assert (out / "loss_sparsity.png").stat().st_size > 0
     prune = json.loads((out / "runs" / "rewa" / "prune_0.8" / "prune.json").read_text())
     assert prune["pruned"]["sparsity"] >= 0.8 and prune["finetune"]["masks_hold"] is True
+    # a sparsity beyond the final evaluation's sweep, pruned afterwards, joins the table
+    extra = out / "runs" / "rewa" / "prune_0.95"
+    assert main(["prune", str(tmp_path / "runs" / "rewa"), "--sparsity", "0.95", "--out",
+                 str(extra), "--data-dir", str(text_dir), "--quiet"]) == 0  # fmt: skip
+    assert main(["study", "lm", str(out / "runs"), "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    extra_rows = [r for r in rows if r["sparsity"] == 0.95]
+    assert [r["run"] for r in extra_rows] == ["rewa"] and extra_rows[0]["val_loss_oneshot"] > 0
+    assert "95%" in (out / "results.md").read_text()

@@ -25,7 +25,7 @@ from rewa.provenance import provenance
 from rewa.report.runs import epoch_records, finished_runs, load_eval, prune_results
 from rewa.report.tables import markdown_table, write_csv, write_json
 
-SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)
+SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)  # always in the table; any other pruned one is added
 LABELS = {
     "dense": "dense AdamW, then pruned",
     "l1-prox": "AdamW + ℓ1 (proximal)",
@@ -79,10 +79,27 @@ def eligible_fraction(run: Mapping[str, Any]) -> float:
     return run["sweep"][0]["total"] / run["parameters"]
 
 
-def rows_of(run: Mapping[str, Any], fraction: float) -> list[dict[str, Any]]:
+def sparsities_of(runs: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The table's columns: SPARSITIES and every sparsity some run was pruned to."""
+    return sorted({*SPARSITIES, *(s for run in runs for s in run["prunes"])})
+
+
+def _oneshot_at(run: Mapping[str, Any], s: float) -> Mapping[str, Any] | None:
+    """The one-shot model at sparsity ``s``: the final evaluation's sweep point, else the
+    unfine-tuned model of ``rewa prune --sparsity s`` (the same global-magnitude rule)."""
+    point = _oneshot(run["sweep"], s)
+    if point is not None:
+        return point
+    pruned = (run["prunes"].get(s) or {}).get("pruned")
+    return None if pruned is None or pruned.get("val_loss") is None else pruned
+
+
+def rows_of(
+    run: Mapping[str, Any], fraction: float, sparsities: Sequence[float] = SPARSITIES
+) -> list[dict[str, Any]]:
     out = []
-    for s in SPARSITIES:
-        point = _oneshot(run["sweep"], s)
+    for s in sparsities:
+        point = _oneshot_at(run, s)
         if point is None:
             continue
         ft = (run["prunes"].get(s) or {}).get("finetune") or {}
@@ -124,15 +141,15 @@ def _cell(row: Mapping[str, Any] | None, way: str) -> str:
     return f"{loss:.3f} ({math.exp(loss):.2f})"
 
 
-def table(chosen, way: str) -> str:
+def table(chosen, way: str, sparsities: Sequence[float] = SPARSITIES) -> str:
     groups = sorted({g for g, _, _ in chosen}, key=lambda g: ORDER.index(g) if g in ORDER else 99)
     rows = []
     for g in groups:
         row = {"method": LABELS.get(g, g)}
-        for s in SPARSITIES:
+        for s in sparsities:
             row[f"{s:.0%}"] = _cell(chosen.get((g, s, way)), way)
         rows.append(row)
-    return markdown_table(rows, ["method", *(f"{s:.0%}" for s in SPARSITIES)])
+    return markdown_table(rows, ["method", *(f"{s:.0%}" for s in sparsities)])
 
 
 def plot(path: Path, chosen) -> None:
@@ -211,7 +228,8 @@ def summarize(
 ) -> dict[str, Any]:  # fmt: skip
     runs = [read_run(f) for f in finished_runs(runs_dir)]
     fraction = eligible_fraction(runs[0])
-    rows = [row for run in runs for row in rows_of(run, fraction)]
+    sparsities = sparsities_of(runs)
+    rows = [row for run in runs for row in rows_of(run, fraction, sparsities)]
     chosen = select(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,11 +247,11 @@ def summarize(
         "",
         "## One-shot prune",
         "",
-        table(chosen, "oneshot"),
+        table(chosen, "oneshot", sparsities),
         "",
         "## After the short masked fine-tuning",
         "",
-        table(chosen, "ft"),
+        table(chosen, "ft", sparsities),
         "",
         "Runs in the cells: " + "; ".join(f"{label}: {run}" for label, run in picked) + ".",
         "",
