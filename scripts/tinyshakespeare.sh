@@ -11,6 +11,7 @@
 #   DATA=/path/to/tinyshakespeare scripts/tinyshakespeare.sh      # everything; rerun to resume
 #   DATA=... ONLY="dense rewa" COMMIT=1 scripts/tinyshakespeare.sh
 #   EXTRA="--set schedule.epochs=1" ...                           # added to every rewa train
+#   SPARSITIES="0.5 0.7 0.8 0.9 0.95 0.98" ...  # prune every run further (a rerun adds them)
 set -euo pipefail
 DATA=${DATA:-data/tinyshakespeare}
 RUNS=${RUNS:-runs/tinyshakespeare}
@@ -20,7 +21,7 @@ FT_LR=${FT_LR:-3e-4}
 ONLY=${ONLY:-}
 COMMIT=${COMMIT:-0}
 read -r -a EXTRA <<<"${EXTRA:-}"
-ALL="0.5 0.7 0.8 0.9"
+ALL=${SPARSITIES:-0.5 0.7 0.8 0.9}  # the sparsities every run is pruned to
 
 # NAME  CONFIG  PRUNE-AT (all, or S,S)  [rewa train arguments]    (in order; the second strength
 # of each regularizer is its validation trial)
