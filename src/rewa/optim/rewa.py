@@ -116,22 +116,12 @@ def _sample_positions(n: int, device: torch.device) -> Tensor:
     return (a * row_stride + b * col_stride).view(-1)
 
 
-def _memory_order(t: Tensor) -> Tensor | None:
-    """The elements of ``t`` as a 1-D view in the order they are stored (contiguous and
-    channels-last tensors), or None for other layouts."""
-    if t.is_contiguous():
-        return t.view(-1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(-1)
-    return None
-
-
 def _probe(t: Tensor) -> Tensor | None:
     """A view of ``t`` at the sampled positions (storage order), made once and read at every
     step without a gather; None when its elements do not fill a dense block."""
-    flat = _memory_order(t.detach())  # no autograd view of the parameter (it outlives the step)
-    if flat is None:
+    if not _compiled._dense(t):
         return None
+    flat = _compiled._flat(t)  # detached: no autograd view of the parameter (it outlives the step)
     grid = _sample_grid(flat.numel())
     return flat if grid is None else flat.as_strided(*grid, flat.storage_offset())
 
