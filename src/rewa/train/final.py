@@ -62,6 +62,7 @@ def final_evaluation(
     cfg = config.eval
     splits = {name: batches for name, batches in splits.items() if batches is not None}
     targets = list(cfg.target_sparsities)
+    bf16 = use_bf16(config.model.bf16, device)
     with tqdm(desc="threshold sweep", unit="τ", disable=not progress, leave=False) as bar:
         points = threshold_sweep(
             model,
@@ -69,7 +70,7 @@ def final_evaluation(
             thresholds=cfg.thresholds,
             target_sparsities=targets,
             device=device,
-            bf16=use_bf16(config.model.bf16, device),
+            bf16=bf16,
             progress=lambda _: bar.update(1),
         )
     normalize = config.sparsity.normalize
@@ -81,7 +82,7 @@ def final_evaluation(
             target_sparsities=targets,
             normalize=normalize,
             device=device,
-            bf16=use_bf16(config.model.bf16, device),
+            bf16=bf16,
         )
     report = sparsity_report(model, sorted(set(DEFAULT_THRESHOLDS) | {LAYER_THRESHOLD}))
     empty = report.empty_layers()
