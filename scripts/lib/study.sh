@@ -44,6 +44,8 @@ study_prune() {  # NAME S: prune_run unless done, then keep and commit the resul
 }
 
 study_main() {  # every entry of STUDY: "NAME CONFIG PRUNE-AT [rewa train arguments...]"
+  command -v rewa >/dev/null \
+    || { echo "rewa is not on PATH: install it (pip install -e .) or activate its venv"; return 1; }
   mkdir -p "$RUNS" "$OUT"
   local failed=0 entry words name config at s
   for entry in "${STUDY[@]}"; do
