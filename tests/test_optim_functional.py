@@ -99,7 +99,12 @@ def test_cpu_default_path_equals_foreach_and_one_by_one_bit_for_bit(base):
     p2 = [p.detach().clone().requires_grad_() for p in p1]
     p3 = [p.detach().clone().requires_grad_() for p in p1]
     kw = dict(lr=0.03, K=3.0, M=2.0, eps=1e-4, weight_decay=1e-2, base=base)
-    opts = [ReWA(p1, **kw), ReWA(p2, foreach=True, **kw), ReWA(p3, foreach=False, **kw)]
+    # fused=False: the default grouping of the eager step (the AdamW base's default is fused)
+    opts = [
+        ReWA(p1, fused=False, **kw),
+        ReWA(p2, foreach=True, **kw),
+        ReWA(p3, foreach=False, **kw),
+    ]
     assert len(opts[0]._eager_groups(opts[0].param_groups[0], p1)) == 3
     for _ in range(3):
         for p, q, r in zip(p1, p2, p3, strict=True):

@@ -46,7 +46,7 @@ def run(opt_params, opt, coeffs, steps):
 # ---------------------------------------------------------------- reductions to torch.optim
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True, None])
 @pytest.mark.parametrize("momentum,weight_decay", [(0.9, 1e-2), (0.0, 0.0), (0.5, 0.3)])
 def test_k1_m0_is_torch_sgd(foreach, momentum, weight_decay):
     ours, theirs = make_params(), make_params()
@@ -71,7 +71,7 @@ def test_k1_m0_is_torch_sgd(foreach, momentum, weight_decay):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True, None])
 @pytest.mark.parametrize("weight_decay,betas", [(1e-2, (0.9, 0.999)), (0.0, (0.5, 0.9))])
 def test_k1_m0_is_torch_adamw(foreach, weight_decay, betas):
     ours, theirs = make_params(), make_params()
@@ -163,7 +163,7 @@ KME = [
 ]
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True, None])
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
 @pytest.mark.parametrize("K,M,eps", KME)
 def test_matches_float64_reference(K, M, eps, base, foreach):
@@ -228,7 +228,7 @@ def test_lp_fixed_point(K, M):
 # ---------------------------------------------------------------- invariants
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True, None])
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
 @pytest.mark.parametrize("M,eps", [(2.0, 0.0), (0.5, 0.0), (0.0, 1e-3)])
 def test_exact_zeros_stay_zero(M, eps, base, foreach):
@@ -245,7 +245,7 @@ def test_exact_zeros_stay_zero(M, eps, base, foreach):
     assert (p.detach()[~zero] != 0).any()
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("foreach", [False, True, None])
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
 def test_lr_zero_is_bit_exact_noop(base, foreach):
     torch.manual_seed(0)

@@ -71,14 +71,17 @@ def candidates(
     paths: list[tuple[str, dict[str, Any]]] = [
         ("foreach", {"foreach": True}),
         ("single", {"foreach": False}),
-        ("default", {}),  # CPU: consecutive tensors in ~2 MiB groups
+        ("default", {}),  # CPU: consecutive tensors in ~2 MiB groups; AdamW base: fused
         ("nodetect", {"detect_writes": False}),  # as the trainer runs it: no .data-write check
+        ("unfused", {"fused": False}),  # AdamW base: the default grouping without the kernel
     ]
     if compiled:
         paths.append(("compiled", {"compile": True}))
     for base, label, moved in (("sgd", "rewa-sgd", 6), ("adamw", "rewa-adamw", 8)):
         # reads y, g and the moments; writes y, x and the moments
         for path, kw in paths:
+            if path == "unfused" and base != "adamw":
+                continue
             out.append(
                 Candidate(
                     f"{label}-{path}",

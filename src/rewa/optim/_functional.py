@@ -317,3 +317,53 @@ def adamw_update(
         ys, ms, denom, [a * b for a, b in zip(step_sizes, bias2_sqrt, strict=True)]
     )
     update_x(xs, ys, h)
+
+
+def fused_adamw_update(
+    xs: list[Tensor] | None,
+    ys: list[Tensor],
+    gs: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    steps: list[Tensor],
+    h: Hyper,
+) -> None:
+    """Algorithm 2 through torch's fused AdamW kernel: steps 3-5 are exactly AdamW on y with
+    the gradient ĝ = s*g, so the kernel does them in one pass over y, ĝ, m and v instead of the
+    seven of :func:`adamw_update`. Equal to it up to rounding (the kernel orders its arithmetic
+    its own way); with K = 1, M = 0 it is bit for bit ``torch.optim.AdamW(fused=True)``.
+
+    The same overflow guard: ĝ is clamped to ±√max/2 (a ĝ that is the gradient itself is
+    clamped into a copy, never in place).
+    """
+    if h.lr == 0.0:  # the kernel would still multiply y by 1 - 0 and subtract 0 (a -0 turns +0)
+        adamw_update(xs, ys, gs, ms, vs, steps, h)
+        return
+    gs = _as_dtype(gs, ys[0].dtype)
+    scratch = _scratch(xs, ys, h)
+    bound = 0.5 * math.sqrt(torch.finfo(ys[0].dtype).max)
+    ghat = scale(ys, h, scratch)
+    if ghat is None:
+        if scratch is None:
+            ghat = [g.clamp(-bound, bound) for g in gs]
+        else:
+            ghat = [torch.clamp(g, -bound, bound, out=o) for g, o in zip(gs, scratch, strict=True)]
+    else:
+        torch._foreach_mul_(ghat, gs)
+        _clamp_(ghat, bound)
+    torch._fused_adamw_(
+        ys,
+        ghat,
+        ms,
+        vs,
+        [],
+        steps,
+        lr=h.lr,
+        beta1=h.beta1,
+        beta2=h.beta2,
+        weight_decay=h.weight_decay,
+        eps=h.adam_eps,
+        amsgrad=False,
+        maximize=False,
+    )
+    update_x(xs, ys, h)
