@@ -12,6 +12,7 @@ from rewa.sparsity import (
     layer_rms,
     magnitude_threshold,
     normalized_magnitudes,
+    pruned_count,
     sparsifiable_parameters,
     sparsity_report,
 )
@@ -54,6 +55,32 @@ def test_prune_by_sparsity_is_global_magnitude():
     assert (weights == 0).float().mean().item() == pytest.approx(0.9, abs=1 / 120)
     assert weights[weights != 0].abs().min() > threshold
     assert (net[1].weight != 0).all()  # BatchNorm untouched
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(0, 10**9), k=st.integers(0, 10**9), tenths=st.integers(0, 10))
+def test_pruned_count_is_ceil_of_s_times_n_without_rounding_noise(n, k, tenths):
+    k = min(k, n)
+    assert pruned_count(k / n, n) == k if n else pruned_count(0.5, 0) == 0
+    assert pruned_count(tenths / 10, 10) == tenths  # 0.7 * 10 = 7.000000000000001 is 7
+    if n:
+        s = (k + 0.5) / n  # half a weight past k: the count rounds up
+        assert pruned_count(min(s, 1.0), n) == min(k + 1, n)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.905, 0.7, 0.999, 1.0])
+def test_prune_masks_and_sweep_agree_on_how_many_weights_a_sparsity_prunes(sparsity):
+    """prune_, Masks and the evaluation's target τ all prune ceil(S·n) of the 120 weights."""
+    from rewa.train.evaluation import sweep_thresholds
+
+    want = math.ceil(sparsity * 120 - 1e-9)
+    net = model()
+    masks = Masks.from_model(net, sparsity=sparsity)
+    [(tau, _)] = [pt for pt in sweep_thresholds(net, (), [sparsity]) if pt[1] != "as trained"]
+    rewa.prune_(net, sparsity=sparsity)
+    report = sparsity_report(net, ())
+    assert report.zeros == want == sum(int((~m).sum()) for m in masks.masks.values())
+    assert sum(int((p.abs() <= tau).sum()) for _, p in sparsifiable_parameters(model())) == want
 
 
 def test_prune_by_threshold():

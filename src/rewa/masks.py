@@ -35,16 +35,6 @@ from rewa.sparsity import (
 )
 
 
-def _at_least(sparsity: float, named: list[tuple[str, Tensor]]) -> float:
-    """The fraction to ask :func:`magnitude_threshold` (which prunes floor(S·n) weights) so that
-    ceil(S·n) are pruned: the masks reach at least ``sparsity``."""
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    n = sum(p.numel() for _, p in named)
-    k = math.ceil(sparsity * n - 1e-9)
-    return 1.0 if k >= n else (k + 0.5) / n
-
-
 def zero_masked_state(optimizer: Optimizer, p: Tensor, pruned: Tensor) -> None:
     """Zero the ``pruned`` entries of every state tensor of ``p`` shaped like ``p`` (momentum,
     Adam moments, ReWA's ``y``); a tensor is written only when such an entry is nonzero."""
@@ -81,7 +71,7 @@ class Masks:
             raise ValueError("Masks.from_model: fold parametrized layers (Spred, STR) first")
         magnitudes = normalized_magnitudes([p for _, p in named], normalize)
         if sparsity is not None:
-            threshold = magnitude_threshold(magnitudes, _at_least(sparsity, named))
+            threshold = magnitude_threshold(magnitudes, sparsity)
         assert threshold is not None
         if not threshold == threshold or threshold == math.inf:
             raise ValueError(f"Masks.from_model: invalid threshold {threshold!r}")

@@ -340,23 +340,32 @@ def _ratio_dtype(dtype: torch.dtype) -> torch.dtype:
 # ---------------------------------------------------------------- pruning
 
 
+def pruned_count(sparsity: float, n: int) -> int:
+    """How many of ``n`` weights a prune to ``sparsity`` zeros: ceil(S·n), so that the pruned
+    fraction is at least S (forgiving the rounding of S·n: 0.7 · 10 is 7, not 8)."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    exact = sparsity * n
+    return min(math.ceil(exact - 4 * math.ulp(exact)), n)
+
+
 @torch.no_grad()
 def magnitude_threshold(
     tensors: Iterable[Tensor], sparsity: float, *, sharded: bool = False
 ) -> float:
-    """The global threshold τ such that zeroing |x| <= τ zeros a ``sparsity`` fraction.
+    """The global threshold τ such that zeroing |x| <= τ zeros at least a ``sparsity`` fraction:
+    the k-th smallest magnitude, k = :func:`pruned_count` (ceil(S·n)).
 
     Ties at τ are all pruned, so the achieved sparsity can exceed the target by the tie count.
     Returns -1.0 when nothing is to be pruned. With DTensors (or ``sharded=True``), τ is the same
     k-th smallest magnitude over all shards, found by collectives (call it on every rank).
     """
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    pruned_count(sparsity, 0)  # validates sparsity
     tensors = list(tensors)
     if sharded or any(is_dtensor(t) for t in tensors):
         return _sharded_magnitude_threshold(tensors, sparsity, sharded)
     magnitudes = torch.cat([t.detach().abs().flatten().float() for t in tensors])
-    k = math.floor(sparsity * magnitudes.numel())
+    k = pruned_count(sparsity, magnitudes.numel())
     if k == 0:
         return -1.0
     return float(torch.kthvalue(magnitudes.cpu(), k).values)
@@ -375,7 +384,7 @@ def _sharded_magnitude_threshold(tensors: list[Tensor], sparsity: float, sharded
     ]
     numel = [torch.tensor([b.numel()], dtype=torch.int64, device=b.device) for b in bits]
     total = int(_sum_over_shards(tensors, numel, sharded).sum())
-    k = math.floor(sparsity * total)
+    k = pruned_count(sparsity, total)
     if k == 0:
         return -1.0
     lo, hi = 0, 0x7FFFFFFF

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from rewa.masks import zero_masked_state
-from rewa.sparsity import sparsifiable_parameters
+from rewa.sparsity import pruned_count, sparsifiable_parameters
 
 SCOPES = ("global", "layer")
 AUTO_UPDATES = 100  # mask updates over the ramp when frequency = 0
@@ -91,7 +91,7 @@ class MagnitudePruner:
                 for n in names
             ]
         )
-        count = min(math.ceil(sparsity * scores.numel() - 1e-9), scores.numel())
+        count = pruned_count(sparsity, scores.numel())
         if count == 0:
             return
         keep = torch.ones_like(scores, dtype=torch.bool)

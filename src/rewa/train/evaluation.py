@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rewa.masks import Masks
-from rewa.sparsity import prune_, sparsifiable_parameters, sparsity_report
+from rewa.sparsity import magnitude_threshold, prune_, sparsifiable_parameters, sparsity_report
 from rewa.train.distributed import sum_over_ranks
 
 
@@ -135,10 +135,8 @@ def sweep_thresholds(
     for tau in thresholds:
         points.setdefault(float(tau), "fixed")
     for target in target_sparsities:
-        # the smallest τ whose sparsity is >= target (kth smallest magnitude, k = ceil(target·n))
-        k = math.ceil(target * magnitudes.numel() - 1e-9)
-        if k > 0:
-            tau = float(torch.kthvalue(magnitudes, min(k, magnitudes.numel())).values)
+        tau = magnitude_threshold([magnitudes], target)  # the smallest τ reaching target
+        if tau >= 0.0:
             points.setdefault(tau, f"target {target:g}")
     return sorted(points.items())
 
