@@ -271,6 +271,9 @@ def trajectory_figure(
         top.set_ylabel(density_label)
         top.set_title(f"{title}: measured (solid) vs scheduled (dashed)", fontsize=9)
         top.legend(fontsize=8)
+        strengths = [v for *_, strength in curves for v in strength if v > 0]
+        if strengths and min(strengths) == max(strengths):  # a flat line: give log a range
+            bottom.set_ylim(strengths[0] / 2, strengths[0] * 2)
         bottom.set_yscale("log")
         bottom.set_ylabel(strength_label)
         bottom.set_xlabel(x_label)
