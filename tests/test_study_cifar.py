@@ -27,7 +27,7 @@ TOY = (
 ONLY = "dense rewa_1e-4 gmp_0.95 rewa_target_0.95"
 
 
-def run_script(tmp_path: Path, data: Path) -> subprocess.CompletedProcess:
+def run_script(tmp_path: Path, data: Path, **more: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "DATA": str(data),
@@ -37,6 +37,7 @@ def run_script(tmp_path: Path, data: Path) -> subprocess.CompletedProcess:
         "ONLY": ONLY,
         "BN_IMAGES": "64",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **more,
     }
     return subprocess.run(
         ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
@@ -79,6 +80,16 @@ def test_rerun_resumes_without_training_again(study):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "training" not in again.stdout and "pruning" not in again.stdout
     assert (tmp / "runs" / "dense" / "metrics.jsonl").read_text() == before
+
+
+def test_gate_mode_trains_the_long_dense_runs_only_without_pruning_or_table(tmp_path):
+    data = write_fake_cifar(tmp_path / "cifar", n_train=200, n_test=50)
+    done = run_script(tmp_path, data, GATE="1", ONLY="")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    assert run.name == "dense_100ep" and (run / "eval.json").is_file()
+    assert not list(run.glob("prune_*")) and not (tmp_path / "out" / "results.md").exists()
+    assert load_config(run / "config.yaml").schedule.epochs == 1  # EXTRA comes last
 
 
 def test_table_selects_on_validation_and_reports_test(study):

@@ -44,6 +44,7 @@ study_prune() {  # NAME S: prune_run unless done, then keep and commit the resul
 }
 
 study_main() {  # every entry of STUDY: "NAME CONFIG PRUNE-AT [rewa train arguments...]"
+  # PRUNE-AT: comma-separated sparsities, "all" ($ALL) or "-" (none)
   command -v rewa >/dev/null \
     || { echo "rewa is not on PATH: install it (pip install -e .) or activate its venv"; return 1; }
   mkdir -p "$RUNS" "$OUT"
@@ -54,6 +55,7 @@ study_main() {  # every entry of STUDY: "NAME CONFIG PRUNE-AT [rewa train argume
     if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
     study_train "$name" "$config" "${words[@]:3}" || { failed=1; continue; }
     [ "$at" = all ] && at=$ALL
+    [ "$at" = - ] && at=  # trained only, not pruned
     for s in ${at//,/ }; do study_prune "$name" "$s" || failed=1; done
   done
   [ "$failed" = 0 ] || { echo "some steps failed; rerun the same command to resume them"; return 1; }
