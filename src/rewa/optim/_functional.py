@@ -268,6 +268,18 @@ def adam_scalars(h: Hyper, steps: list[Tensor]) -> tuple[list[float], list[float
     return step_sizes, bias2_sqrt
 
 
+def _scaled_gradient(
+    ys: list[Tensor], gs: list[Tensor], h: Hyper, scratch: list[Tensor] | None
+) -> list[Tensor] | None:
+    """ĝ = s*g clamped to ±√max/2 of its dtype (into ``scratch`` when given), or None when s is
+    1 and ĝ is the gradient itself (which must not be clamped in place)."""
+    ghat = scale(ys, h, scratch)
+    if ghat is not None:
+        torch._foreach_mul_(ghat, gs)
+        _clamp_(ghat, 0.5 * math.sqrt(torch.finfo(ys[0].dtype).max))
+    return ghat
+
+
 def adamw_update(
     xs: list[Tensor] | None,
     ys: list[Tensor],
@@ -285,7 +297,7 @@ def adamw_update(
     """
     gs = _as_dtype(gs, ys[0].dtype)
     scratch = _scratch(xs, ys, h)
-    ghat = scale(ys, h, scratch)
+    ghat = _scaled_gradient(ys, gs, h, scratch)
     if ghat is None:  # no scale: ĝ is the gradient itself, which must not be clamped in place
         ghat = gs
         torch._foreach_lerp_(ms, ghat, 1.0 - h.beta1)
@@ -294,8 +306,6 @@ def adamw_update(
         torch._foreach_addcmul_(vs, ghat, ghat, value=1.0 - h.beta2)
         torch._foreach_clamp_max_(vs, torch.finfo(ys[0].dtype).max)
     else:
-        torch._foreach_mul_(ghat, gs)
-        _clamp_(ghat, 0.5 * math.sqrt(torch.finfo(ys[0].dtype).max))
         torch._foreach_lerp_(ms, ghat, 1.0 - h.beta1)
         torch._foreach_mul_(vs, h.beta2)
         torch._foreach_addcmul_(vs, ghat, ghat, value=1.0 - h.beta2)
@@ -341,16 +351,13 @@ def fused_adamw_update(
         return
     gs = _as_dtype(gs, ys[0].dtype)
     scratch = _scratch(xs, ys, h)
-    bound = 0.5 * math.sqrt(torch.finfo(ys[0].dtype).max)
-    ghat = scale(ys, h, scratch)
-    if ghat is None:
+    ghat = _scaled_gradient(ys, gs, h, scratch)
+    if ghat is None:  # the same bound, into a copy of the gradient
+        bound = 0.5 * math.sqrt(torch.finfo(ys[0].dtype).max)
         if scratch is None:
             ghat = [g.clamp(-bound, bound) for g in gs]
         else:
             ghat = [torch.clamp(g, -bound, bound, out=o) for g, o in zip(gs, scratch, strict=True)]
-    else:
-        torch._foreach_mul_(ghat, gs)
-        _clamp_(ghat, bound)
     torch._fused_adamw_(
         ys,
         ghat,
