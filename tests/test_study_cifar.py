@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,21 @@ def test_rerun_resumes_without_training_again(study):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "training" not in again.stdout and "pruning" not in again.stdout
     assert (tmp / "runs" / "dense" / "metrics.jsonl").read_text() == before
+
+
+def test_a_fresh_checkout_keeps_committed_runs_and_retrains_only_an_unfinished_one(study):
+    """$RUNS (checkpoints) does not survive a new checkout; $OUT (committed) does."""
+    tmp, data, _ = study
+    fresh = tmp / "fresh"
+    shutil.copytree(tmp / "out", fresh / "out")
+    shutil.rmtree(fresh / "out" / "runs" / "dense" / "prune_0.99")
+    again = run_script(fresh, data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("training") == 1 and "training dense" in again.stdout
+    assert "again:" in again.stdout
+    pruned = sorted(p.name for p in (fresh / "runs" / "dense").glob("prune_*"))
+    assert pruned == ["prune_0.9", "prune_0.95", "prune_0.98", "prune_0.99"]  # one model's prunes
+    assert not (fresh / "runs" / "gmp_0.95").exists()
 
 
 def test_gate_mode_trains_the_long_dense_runs_only_without_pruning_or_table(tmp_path):

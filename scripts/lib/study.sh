@@ -27,6 +27,8 @@ study_train() {  # NAME CONFIG [rewa train arguments...]
   local name=$1 config=$2; shift 2
   [ -f "$RUNS/$name/eval.json" ] && return 0
   echo "$(date -u +%FT%TZ) training $name"
+  [ -f "$OUT/runs/$name/eval.json" ] && [ ! -f "$RUNS/$name/checkpoint.pt" ] \
+    && echo "  (again: $OUT/runs/$name lacks a prune and $RUNS/$name has no model to prune)"
   rewa train --config "configs/$CONFIG_PREFIX$config.yaml" --resume \
     --set data.data_dir="$DATA" --set output.runs_root="$RUNS" --set output.name="$name" \
     --set output.progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$RUNS/$name.log" 2>&1 \
@@ -43,8 +45,17 @@ study_prune() {  # NAME S: prune_run unless done, then keep and commit the resul
   study_save "$name" && study_commit "$name pruned to $s"
 }
 
+study_kept() {  # NAME S...: the run and all its prunes are already in $OUT (a committed result)
+  local name=$1 s; shift
+  [ -f "$OUT/runs/$name/eval.json" ] || return 1
+  for s in "$@"; do [ -f "$OUT/runs/$name/prune_$s/prune.json" ] || return 1; done
+}
+
 study_main() {  # every entry of STUDY: "NAME CONFIG PRUNE-AT [rewa train arguments...]"
-  # PRUNE-AT: comma-separated sparsities, "all" ($ALL) or "-" (none)
+  # PRUNE-AT: comma-separated sparsities, "all" ($ALL) or "-" (none). A run whose results are all
+  # in $OUT is skipped even when $RUNS is gone (a fresh checkout); one with a prune missing there
+  # and no checkpoint in $RUNS is trained again, and all its prunes redone, so that they come from
+  # one model.
   command -v rewa >/dev/null \
     || { echo "rewa is not on PATH: install it (pip install -e .) or activate its venv"; return 1; }
   mkdir -p "$RUNS" "$OUT"
@@ -53,9 +64,11 @@ study_main() {  # every entry of STUDY: "NAME CONFIG PRUNE-AT [rewa train argume
     read -r -a words <<<"$entry"
     name=${words[0]} config=${words[1]} at=${words[2]}
     if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
-    study_train "$name" "$config" "${words[@]:3}" || { failed=1; continue; }
     [ "$at" = all ] && at=$ALL
     [ "$at" = - ] && at=  # trained only, not pruned
+    # shellcheck disable=SC2086  # word splitting of the sparsity list is intended
+    study_kept "$name" ${at//,/ } && continue
+    study_train "$name" "$config" "${words[@]:3}" || { failed=1; continue; }
     for s in ${at//,/ }; do study_prune "$name" "$s" || failed=1; done
   done
   [ "$failed" = 0 ] || { echo "some steps failed; rerun the same command to resume them"; return 1; }
