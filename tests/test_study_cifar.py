@@ -138,6 +138,27 @@ def test_selection_uses_validation_not_test():
     assert ("rewa", 0.9, "bn") not in chosen  # no BatchNorm numbers, no selection
 
 
+def test_only_runs_of_the_pruned_runs_budget_are_compared_and_the_dense_one_is_best_on_val():
+    from rewa.experiments.study_cifar import dense_reference, study_budget
+
+    def run(name, group, epochs, val, prunes=()):
+        return {"run": name, "group": group, "epochs": epochs, "unpruned_val": val,
+                "prunes": {s: {} for s in prunes}}  # fmt: skip
+
+    runs = [
+        run("dense_100ep", "dense", 100, 0.90),
+        run("dense_60ep", "dense", 60, 0.88),
+        run("dense", "dense", 30, 0.86, ["0.9"]),
+        run("dense_hand", "dense", 30, 0.87),
+        run("rewa", "rewa", 30, 0.85, ["0.9", "0.95"]),
+    ]
+    assert study_budget(runs) == 30
+    assert study_budget([r for r in runs if not r["prunes"]]) in (100, 60, 30)
+    assert study_budget([]) is None
+    assert dense_reference([r for r in runs if r["epochs"] == 30])["run"] == "dense_hand"
+    assert dense_reference([runs[-1]]) is None
+
+
 def test_warm_start_script_sparsifies_a_trained_run_with_rewa_and_gmp(study):
     """scripts/warm_start_cifar.sh from the study's dense run: ReWA steered to S (on |x|, and on
     |x| / rms(layer)) and GMP to S, each started from its weights, pruned to S with BatchNorm

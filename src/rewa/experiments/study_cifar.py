@@ -224,13 +224,29 @@ def plot(path: Path, chosen, dense_test: float | None) -> None:
     plt.close(fig)
 
 
+def study_budget(runs: Sequence[Mapping[str, Any]]) -> int | None:
+    """The epochs every compared run shares: the most common among the pruned runs (among all
+    runs if none was pruned). Runs trained for another number of epochs are not compared."""
+    epochs = [r["epochs"] for r in runs if r["prunes"]] or [r["epochs"] for r in runs]
+    return statistics.mode(epochs) if epochs else None
+
+
+def dense_reference(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The dense run the sparse ones are read against: the best on validation."""
+    dense = [r for r in runs if r["group"] == "dense" and r["unpruned_val"] is not None]
+    return max(dense, key=lambda r: r["unpruned_val"]) if dense else None
+
+
 def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Read every run folder of ``runs_dir``; write results.md/csv/json and the plot."""
-    runs = [read_run(f) for f in finished_runs(runs_dir)]
+    every = [read_run(f) for f in finished_runs(runs_dir)]
+    budget = study_budget(every)
+    runs = [r for r in every if r["epochs"] == budget]
+    others = [r for r in every if r["epochs"] != budget]
     rows = [row for run in runs for row in rows_of(run)]
     chosen = select(rows)
     sparsities = sorted({row["sparsity"] for row in rows})
-    dense = next((r for r in runs if r["group"] == "dense"), None)
+    dense = dense_reference(runs)
     dense_test = dense["unpruned_test"] if dense else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,7 +258,9 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "provenance": provenance(),
             "selection": "per method, sparsity and way: best validation accuracy; test reported",
             "rows": rows,
+            "budget_epochs": budget,
             "runs": [{k: v for k, v in r.items() if k != "prunes"} for r in runs],
+            "other_budgets": [{k: v for k, v in r.items() if k != "prunes"} for r in others],
         },
     )
     text = [
@@ -252,7 +270,10 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "",
         main_table(chosen, sparsities),
         "",
-        f"Dense (unpruned) test accuracy: {_pct(dense_test)}%." if dense else "",
+        f"Dense (unpruned) test accuracy: {_pct(dense_test)}% ({dense['run']}, "
+        f"{dense['epochs']} epochs, as every run compared)."
+        if dense
+        else "",
         "",
         "## Selected runs",
         "",
@@ -268,8 +289,15 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "(run, S) row, with validation accuracies, is in results.csv.",
         "",
     ]
+    if others:
+        text += [
+            f"## Runs at other budgets (not compared: the table holds {budget}-epoch runs)",
+            "",
+            markdown_table(others, RUN_COLUMNS, RUN_FORMATS),
+            "",
+        ]
     (out / "results.md").write_text("\n".join(text))
-    return {"rows": rows, "chosen": chosen, "runs": runs}
+    return {"rows": rows, "chosen": chosen, "runs": runs, "other_budgets": others}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
