@@ -216,3 +216,22 @@ def test_the_legend_goes_on_the_fullest_panel_and_an_empty_figure_gets_none(recw
     assert all(ax.get_legend() is None for ax in axes)
     assert not [w for w in recwarn if "legend" in str(w.message).lower()]
     plt.close("all")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([True], "bf16"),
+        ([False, False], "fp32"),
+        ([False, True], "mixed"),
+        ([None], "?"),
+        ([], "?"),
+    ],
+)
+def test_training_precision_reads_every_session_of_run_json(tmp_path, flags, expected):
+    from rewa.report.runs import training_precision
+
+    sessions = [{"device": "cpu"} if f is None else {"bf16": f} for f in flags]
+    (tmp_path / "run.json").write_text(json.dumps({"sessions": sessions}))
+    assert training_precision(tmp_path) == expected
+    assert training_precision(tmp_path / "missing") == "?"

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from rewa.provenance import provenance
-from rewa.report.runs import epoch_records, finished_runs, load_eval, prune_results
+from rewa.report.runs import (
+    epoch_records,
+    finished_runs,
+    load_eval,
+    prune_results,
+    training_precision,
+)
 from rewa.report.tables import markdown_table, write_csv, write_json
 from rewa.train.config import parse_yaml
 
@@ -88,6 +94,7 @@ def read_run(folder: Path) -> dict[str, Any]:
         if (seconds := _epoch_seconds(records))
         else None,
         "epochs": len(records),
+        "precision": training_precision(folder),
         "prunes": prunes,
         "provenance": evaluation.get("provenance"),
         "config": config,
@@ -182,7 +189,7 @@ def selection_table(chosen, sparsities) -> str:
 
 RUN_COLUMNS = [
     "run", "group", "strength", "target", "unpruned_val", "unpruned_test", "exact_zeros",
-    "below_1e-3", "epochs", "train_minutes", "median_epoch_s",
+    "below_1e-3", "epochs", "precision", "train_minutes", "median_epoch_s",
 ]  # fmt: skip
 RUN_FORMATS = {
     "unpruned_val": ".4f", "unpruned_test": ".4f", "exact_zeros": ".2%", "below_1e-3": ".2%",
@@ -284,6 +291,7 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         markdown_table(runs, RUN_COLUMNS, RUN_FORMATS),
         "",
         "`exact_zeros`: exact zeros of the trained weights; `below_1e-3`: fraction |x| <= 1e-3; "
+        "`precision`: bf16 autocast or float32 (`model.bf16: auto` follows the machine); "
         "`train_minutes`: sum of the epochs' wall time (evaluation excluded; it includes any time "
         "the run was paused or shared the machine, which `median_epoch_s` does not). Every "
         "(run, S) row, with validation accuracies, is in results.csv.",

@@ -52,6 +52,17 @@ def epoch_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "epoch"]
 
 
+def training_precision(run_dir: str | Path) -> str:
+    """How a run's training sessions computed, from its run.json: "bf16" (autocast), "fp32",
+    "mixed" (sessions differ, e.g. resumed on another machine) or "?" (not recorded)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return "?"
+    sessions = json.loads(path.read_text()).get("sessions", [])
+    kinds = {"?" if "bf16" not in s else "bf16" if s["bf16"] else "fp32" for s in sessions}
+    return kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "?"
+
+
 def prune_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """S -> the prune.json of ``rewa prune --out RUN/prune_S`` (S as written in the folder name)."""
     return {
