@@ -13,7 +13,7 @@
 #   DATA=... ONLY="dense rewa_1e-4" scripts/cifar10_resnet20.sh
 #   COMMIT=1 ...                                             # git-commit each run's results
 #   EXTRA="--set data.limit_train=512 --set schedule.epochs=1" ...  # added to every rewa train
-#   GATE=1 ...      # instead: the sanity gate's long dense runs (issue 16: dense >= 90% test?)
+#   GATE=1 ...      # instead: the sanity gate's long dense runs, to $OUT/gate (dense >= 90%?)
 #
 # Finished steps are skipped and an interrupted run resumes from its last checkpoint, so after an
 # interruption rerun the same command. Each run's config.yaml, run.json, metrics.jsonl, eval.json
@@ -52,12 +52,16 @@ STUDY=(
 )
 
 # The sanity gate: is the dense recipe's test accuracy >= 90% on this data with more epochs?
-# (dense_30ep, dense_60ep and dense_wd1e-4_60ep in $OUT/runs were run by hand before this list.)
+# Its runs go to $OUT/gate/runs (dense_30ep, dense_60ep and dense_wd1e-4_60ep there were run by
+# hand before this list; $OUT/gate/README.md reads them).
 GATE_RUNS=(
   "dense_100ep      dense   -     --set schedule.epochs=100"
 )
 GATE=${GATE:-0}
-[ "$GATE" = 1 ] && STUDY=("${GATE_RUNS[@]}")
+if [ "$GATE" = 1 ]; then
+  STUDY=("${GATE_RUNS[@]}")
+  OUT=$OUT/gate
+fi
 
 CONFIG_PREFIX=cifar10_resnet20_
 prune_run() {  # NAME S: prune to S, re-estimate BatchNorm, masked fine-tuning

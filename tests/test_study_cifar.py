@@ -102,9 +102,9 @@ def test_gate_mode_trains_the_long_dense_runs_only_without_pruning_or_table(tmp_
     data = write_fake_cifar(tmp_path / "cifar", n_train=200, n_test=50)
     done = run_script(tmp_path, data, GATE="1", ONLY="")
     assert done.returncode == 0, done.stdout + done.stderr
-    (run,) = (tmp_path / "out" / "runs").iterdir()
+    (run,) = (tmp_path / "out" / "gate" / "runs").iterdir()
     assert run.name == "dense_100ep" and (run / "eval.json").is_file()
-    assert not list(run.glob("prune_*")) and not (tmp_path / "out" / "results.md").exists()
+    assert not list(run.glob("prune_*")) and not (tmp_path / "out" / "gate" / "results.md").exists()
     assert load_config(run / "config.yaml").schedule.epochs == 1  # EXTRA comes last
 
 
