@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full-scale CIFAR-10 ResNet-20 study (results/cifar10_resnet20/): dense, ReWA (K=9, M=2, SGD
-# base) at fixed strengths and steered to 90/95/98/99% (--target-sparsity), proximal l1, GMP
-# (global; one per-layer run at 95%), STR (two initial thresholds) and Spred (both inits), each
+# base) at three fixed strengths and steered to 90/95/98/99% (--target-sparsity), proximal l1 at
+# the same three strengths, GMP (global; one per-layer run at 95%), STR (two initial thresholds) and Spred (both inits), each
 # trained for the same 30 epochs on 45,000 images (configs/cifar10_resnet20_*.yaml share every
 # block but `method`), one run after another with every core. Each sparse model is then
 # pruned by one global magnitude threshold to exactly S (`rewa prune --sparsity S`; S in 90/95/98/99%
@@ -38,6 +38,8 @@ STUDY=(
   "rewa_target_0.95 rewa    0.95  --target-sparsity 0.95 --set method.options.weight_decay=3.0e-5"
   "rewa_3e-4        rewa    all   --set method.options.weight_decay=3.0e-4"
   "l1prox_3e-4      l1prox  all   --set method.options.lam=3.0e-4"
+  "rewa_1e-3        rewa    all   --set method.options.weight_decay=1.0e-3"
+  "l1prox_1e-3      l1prox  all   --set method.options.lam=1.0e-3"
   "gmp_0.9          gmp     0.9   --set method.options.target=0.9"
   "gmp_0.99         gmp     0.99  --set method.options.target=0.99"
   "gmp_0.98         gmp     0.98  --set method.options.target=0.98"
