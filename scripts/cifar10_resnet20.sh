@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The full-scale CIFAR-10 ResNet-20 study (results/cifar10_resnet20/): dense, ReWA (K=9, M=2, SGD
 # base) at three fixed strengths and steered to 90/95/98/99% (--target-sparsity), proximal l1 at
-# the same three strengths, GMP (global; one per-layer run at 95%), STR (two initial thresholds) and Spred (both inits), each
-# trained for the same 30 epochs on 45,000 images (configs/cifar10_resnet20_*.yaml share every
-# block but `method`), one run after another with every core. Each sparse model is then
+# the same three strengths, GMP (global; one per-layer run at 95%), STR (two initial thresholds)
+# and Spred (both inits), each trained for the same 30 epochs on 45,000 images
+# (configs/cifar10_resnet20_*.yaml share every block but `method`), one run after another with
+# every core. Each sparse model is then
 # pruned by one global magnitude threshold to exactly S (`rewa prune --sparsity S`; S in 90/95/98/99%
 # for the fixed-strength runs, the run's own target for the steered and GMP runs) and reported three
 # ways: as pruned (the paper's protocol), after re-estimating BatchNorm statistics on BN_IMAGES
