@@ -59,8 +59,10 @@ def training_precision(run_dir: str | Path) -> str:
     if not path.is_file():
         return "?"
     sessions = json.loads(path.read_text()).get("sessions", [])
-    kinds = {"?" if "bf16" not in s else "bf16" if s["bf16"] else "fp32" for s in sessions}
-    return kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "?"
+    kinds = {("bf16" if s["bf16"] else "fp32") if "bf16" in s else "?" for s in sessions}
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "mixed" if kinds else "?"
 
 
 def prune_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
