@@ -336,7 +336,7 @@ PRUNED_DIR = "pruned"  # where scripts/target_sparsity_cifar.sh puts `rewa prune
 
 def run_summary(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     """One row for a run trained with ``sparsity.target`` (``records``: its metrics.jsonl)."""
-    from rewa.train.rundir import RUN_INFO
+    from rewa.report.runs import training_sessions
 
     evaluation_path = run_dir / "eval.json"
     if not evaluation_path.is_file():
@@ -369,7 +369,7 @@ def run_summary(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
         "threshold": tau,
         "epochs": config["schedule"]["epochs"],
         "split_sizes": evaluation["split_sizes"],
-        "training_sessions": _sessions(run_dir / RUN_INFO),
+        "training_sessions": training_sessions(run_dir),
         "trace": [
             (
                 r["epoch"],
@@ -381,11 +381,6 @@ def run_summary(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
             for r in epochs
         ],
     }
-
-
-def _sessions(path: Path) -> list[dict[str, Any]]:
-    """The provenance (command, commit, hardware) of each session that trained the run."""
-    return json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
 
 
 def finetuned(pruned_dir: Path) -> dict[str, Any]:

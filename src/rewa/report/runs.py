@@ -18,6 +18,7 @@ from rewa.provenance import provenance
 from rewa.report import curves
 from rewa.report.tables import markdown_table, write_csv, write_json
 from rewa.train.evaluation import accuracy_at_sparsity
+from rewa.train.rundir import RUN_INFO
 
 TARGETS = (0.9, 0.95, 0.98, 0.99)
 
@@ -52,13 +53,17 @@ def epoch_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "epoch"]
 
 
+def training_sessions(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The provenance (command, commit, hardware, precision) of each session that trained the
+    run, from its run.json ([] without one)."""
+    path = Path(run_dir) / RUN_INFO
+    return json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
+
+
 def training_precision(run_dir: str | Path) -> str:
     """How a run's training sessions computed, from its run.json: "bf16" (autocast), "fp32",
     "mixed" (sessions differ, e.g. resumed on another machine) or "?" (not recorded)."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        return "?"
-    sessions = json.loads(path.read_text()).get("sessions", [])
+    sessions = training_sessions(run_dir)
     kinds = {("bf16" if s["bf16"] else "fp32") if "bf16" in s else "?" for s in sessions}
     if len(kinds) == 1:
         return kinds.pop()
