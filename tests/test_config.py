@@ -184,6 +184,21 @@ def test_bf16_auto_follows_the_device(monkeypatch, native):
     assert evaluation.native_bf16(torch.device("meta")) is False
 
 
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, native", [(False, False, False), (True, False, True), (False, True, True)]
+)
+def test_cpu_bf16_is_native_only_with_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, native):
+    # oneDNN calls bf16 supported on any AVX512 CPU, where it is emulated and slower than float32
+    import torch
+
+    from rewa.train import evaluation
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert evaluation.native_bf16(torch.device("cpu")) is native
+
+
 def test_run_differences_ignore_output_and_eval():
     a = load_config(None).to_dict()
     b = load_config(None, ["output.progress=false", "eval.plots=false", "train.threads=2"])
