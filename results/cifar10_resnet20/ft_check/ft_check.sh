@@ -46,16 +46,17 @@ for name in names:
     model = plain_model(read_source(runs / name / f"prune_{s}" / "pruned.pt"))
     layers = {}
     for pname, p in sparsifiable_parameters(model):
-        kept = p[p != 0]
+        kept = p.detach()[p != 0]
         layers[pname] = {
             "kept": int(kept.numel()),
             "norm": float(kept.norm()),
             "rms_kept": float(kept.pow(2).mean().sqrt()) if kept.numel() else 0.0,
         }
     runs_ft = {}
-    for f in sorted((runs / name).glob(f"*_{s}*/prune.json")):
-        ft = json.loads(f.read_text()).get("finetune", {})
-        runs_ft[f.parent.name] = {k: ft.get(k) for k in ("method", "lr", "val_acc", "test_acc")}
+    dirs = [runs / name / f"prune_{s}", *sorted((runs / name).glob(f"ftcheck_{s}_*"))]
+    for d in dirs:
+        ft = json.loads((d / "prune.json").read_text()).get("finetune", {})
+        runs_ft[d.name] = {k: ft.get(k) for k in ("method", "lr", "val_acc", "test_acc")}
     table["runs"][name] = {"layers": layers, "finetune": runs_ft}
     print(name)
     for tag, ft in runs_ft.items():
