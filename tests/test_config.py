@@ -205,3 +205,14 @@ def test_run_differences_ignore_output_and_eval():
     assert run_differences(a, b.to_dict()) == []
     c = load_config(None, ["method.options.K=3", "method.lr=0.2"]).to_dict()
     assert run_differences(a, c) == ["method.lr", "method.options.K"]
+
+
+def test_run_differences_see_through_float_rounding_only():
+    """A run resumed with the lr typed by hand (0.01) is the one a default wrote (0.1 * 0.1)."""
+    a = {"method": {"lr": 0.1 * 0.1, "momentum": 0.9, "nesterov": False, "epochs": 3}}
+    assert run_differences(a, {"method": {"lr": 0.01, "momentum": 0.9, "nesterov": False,
+                                          "epochs": 3.0}}) == []  # fmt: skip
+    b = {"method": {"lr": 0.0100001, "momentum": 0.9, "nesterov": True, "epochs": 3}}
+    assert run_differences(a, b) == ["method.lr", "method.nesterov"]
+    assert run_differences({"x": 0.0}, {"x": 1e-300}) == ["x"]
+    assert run_differences({"x": "0.01"}, {"x": 0.01}) == ["x"]

@@ -249,6 +249,39 @@ def test_masked_finetuning_keeps_the_masks(pruned):
     assert metrics(run_dir)[-1]["mask_sparsity"] == pytest.approx(masks.sparsity)
 
 
+def test_several_finetune_lrs_are_chosen_between_on_validation(trained, tmp_path):
+    """--finetune-lr A B: a second fine-tuning of the same pruned model (the first lr's, from an
+    earlier prune, reused as it was with --resume), the one of best validation accuracy reported."""
+    out = tmp_path / "p"
+    base = ["prune", trained, "--sparsity", "0.8", "--finetune-epochs", "1", "--out", out,
+            "--quiet", "--set", "eval.plots=false"]  # fmt: skip
+    assert run(*base) == 0
+    first = (out / "finetune" / "metrics.jsonl").read_text()
+    default_lr = json.loads((out / "prune.json").read_text())["finetune"]["lr"]
+    assert run(*base, "--finetune-lr", default_lr, 0.3 * default_lr, "--resume") == 0
+    assert (out / "finetune" / "metrics.jsonl").read_text() == first  # not trained again
+    result = json.loads((out / "prune.json").read_text())
+    trials = result["finetune_trials"]
+    assert [t["lr"] for t in trials] == pytest.approx([default_lr, 0.3 * default_lr])
+    dirs = ["finetune", f"finetune_lr{0.3 * default_lr:g}"]
+    assert [Path(t["run_dir"]).name for t in trials] == dirs
+    assert all(t["masks_hold"] for t in trials)
+    losses = [metrics(Path(t["run_dir"]))[-1]["train_loss"] for t in trials]
+    assert losses[0] != losses[1]  # two fine-tunings, not one twice
+    best = max(trials, key=lambda t: t["val_acc"])
+    assert result["finetune"] == {**best, "chosen_on": "val_acc"}
+    assert "chosen on validation accuracy among lr" in (out / "prune.md").read_text()
+
+
+def test_finetune_lrs_must_differ_and_need_a_validation_split(trained, tmp_path, capsys):
+    base = ["prune", trained, "--sparsity", "0.8", "--finetune-epochs", "1", "--quiet"]
+    assert run(*base, "--out", tmp_path / "a", "--finetune-lr", "0.01", "0.01") == 2
+    assert "--finetune-lr values repeat: 0.01 0.01" in capsys.readouterr().err
+    assert run(*base, "--out", tmp_path / "b", "--finetune-lr", "0.01", "0.001",
+               "--set", "data.val_size=0") == 2  # fmt: skip
+    assert "data.val_size=0" in capsys.readouterr().err
+
+
 def test_export_round_trip_is_exact_and_smaller(pruned, tmp_path, capsys):
     out = tmp_path / "export"
     code = run("export", pruned / "finetune", "--out", out, "--batch-sizes", "1,4",

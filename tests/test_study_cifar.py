@@ -70,6 +70,8 @@ def test_script_trains_prunes_and_keeps_the_small_files(study):
     assert result["pruned"]["sparsity"] >= 0.98
     assert result["pruned"]["bn_recalibrated"]["images"] == 64
     assert result["finetune"]["masks_hold"] is True and result["finetune"]["epochs"] == 1
+    tried = [t["lr"] for t in result["finetune_trials"]]  # FT_LRS: each, chosen on validation
+    assert tried == [0.01, 0.001] and result["finetune"]["lr"] in tried
     config = load_config(runs / "rewa_target_0.95" / "config.yaml")
     assert config.sparsity.target == 0.95 and config.method.options["weight_decay"] == 3e-5
 
@@ -81,6 +83,24 @@ def test_rerun_resumes_without_training_again(study):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "training" not in again.stdout and "pruning" not in again.stdout
     assert (tmp / "runs" / "dense" / "metrics.jsonl").read_text() == before
+
+
+def test_a_prune_of_an_older_protocol_is_redone_from_the_checkpoint(study):
+    """A prune.json without finetune_trials (fine-tuned at one lr, before FT_LRS) is redone on the
+    next run of the script: the same pruned model, the missing fine-tuning added, no training."""
+    tmp, data, _ = study
+    for root in (tmp / "runs", tmp / "out" / "runs"):
+        path = root / "rewa_1e-4" / "prune_0.9" / "prune.json"
+        result = json.loads(path.read_text())
+        del result["finetune_trials"]
+        path.write_text(json.dumps(result))
+    again = run_script(tmp, data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "training" not in again.stdout
+    assert again.stdout.count("pruning") == 1 and "pruning rewa_1e-4 to 0.9" in again.stdout
+    kept = tmp / "out" / "runs" / "rewa_1e-4" / "prune_0.9" / "prune.json"
+    result = json.loads(kept.read_text())
+    assert [t["lr"] for t in result["finetune_trials"]] == [0.01, 0.001]
 
 
 def test_a_fresh_checkout_keeps_committed_runs_and_retrains_only_an_unfinished_one(study):
@@ -124,6 +144,8 @@ def test_table_selects_on_validation_and_reports_test(study):
     cell = next(ln for ln in text.splitlines() if "dense, then pruned |" in ln)  # main table first
     oneshot = cell.split("|")[2].split("/")[0].strip()
     assert oneshot == f"{100 * float(dense_90['test_oneshot']):.1f}"
+    assert dense_90["ft_lrs_tried"] == "0.01 0.001" and float(dense_90["ft_lr"]) in (0.01, 0.001)
+    assert f"dense (lr {float(dense_90['ft_lr']):g} of 0.01 0.001)" in text
 
 
 def test_selection_uses_validation_not_test():

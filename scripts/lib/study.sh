@@ -2,7 +2,11 @@
 # runs of $STUDY one after another (resuming), prune each at its sparsities, keep each run's small
 # files in $OUT/runs/NAME and optionally commit them. A script sets DATA, RUNS, OUT, COMMIT,
 # EXTRA (array), ALL (its sparsities), CONFIG_PREFIX (configs/<prefix><config>.yaml), STUDY and
-# ONLY, defines prune_run NAME S (writing $RUNS/NAME/prune_S/prune.json) and calls study_main.
+# ONLY, defines prune_run NAME S (writing $RUNS/NAME/prune_S/prune.json) and calls study_main. It
+# may define prune_done PRUNE_JSON (default: the file exists) to have prunes made by an older
+# protocol redone: from the run's checkpoint if $RUNS has it, else by training the run again.
+
+declare -F prune_done >/dev/null || prune_done() { [ -f "$1" ]; }
 
 study_commit() {  # WHAT: commit $OUT alone (other staged or unstaged work is left as it is)
   [ "$COMMIT" = 1 ] || return 0
@@ -27,8 +31,11 @@ study_train() {  # NAME CONFIG [rewa train arguments...]
   local name=$1 config=$2; shift 2
   [ -f "$RUNS/$name/eval.json" ] && return 0
   echo "$(date -u +%FT%TZ) training $name"
-  [ -f "$OUT/runs/$name/eval.json" ] && [ ! -f "$RUNS/$name/checkpoint.pt" ] \
-    && echo "  (again: $OUT/runs/$name lacks a prune and $RUNS/$name has no model to prune)"
+  if [ -f "$OUT/runs/$name/eval.json" ] && [ ! -f "$RUNS/$name/checkpoint.pt" ]; then
+    echo "  (again: $OUT/runs/$name lacks a prune, or has one of an older protocol, and" \
+      "$RUNS/$name has no model to prune; its prunes are redone from the new model)"
+    rm -rf "$OUT/runs/$name"/prune_*
+  fi
   rewa train --config "configs/$CONFIG_PREFIX$config.yaml" --resume \
     --set data.data_dir="$DATA" --set output.runs_root="$RUNS" --set output.name="$name" \
     --set output.progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$RUNS/$name.log" 2>&1 \
@@ -38,7 +45,7 @@ study_train() {  # NAME CONFIG [rewa train arguments...]
 
 study_prune() {  # NAME S: prune_run unless done, then keep and commit the result
   local name=$1 s=$2
-  [ -f "$RUNS/$name/prune_$s/prune.json" ] && return 0
+  prune_done "$RUNS/$name/prune_$s/prune.json" && return 0
   echo "$(date -u +%FT%TZ) pruning $name to $s"
   prune_run "$name" "$s" >"$RUNS/$name.prune_$s.log" 2>&1 \
     || { echo "FAILED: prune $name $s (see $RUNS/$name.prune_$s.log)"; return 1; }
@@ -48,7 +55,7 @@ study_prune() {  # NAME S: prune_run unless done, then keep and commit the resul
 study_kept() {  # NAME S...: the run and all its prunes are already in $OUT (a committed result)
   local name=$1 s; shift
   [ -f "$OUT/runs/$name/eval.json" ] || return 1
-  for s in "$@"; do [ -f "$OUT/runs/$name/prune_$s/prune.json" ] || return 1; done
+  for s in "$@"; do prune_done "$OUT/runs/$name/prune_$s/prune.json" || return 1; done
 }
 
 study_main() {  # every entry of STUDY: "NAME CONFIG PRUNE-AT [rewa train arguments...]"

@@ -163,7 +163,7 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
         if "bn_recalibrated" in old.get("pruned", {}):
             facts["bn_recalibrated"] = old["pruned"]["bn_recalibrated"]
     if args.finetune_epochs:
-        result["finetune"] = finetune(source, config, out, args, echo)
+        result.update(finetune_on_validation(source, config, out, args, echo))
     write_json(out / "prune.json", result)
     write_csv(out / "allocation.csv", rows, ALLOCATION_COLUMNS)
     (out / "prune.md").write_text(prune_markdown(result, warnings))
@@ -171,7 +171,39 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
     return result
 
 
-def finetune_config(config: Any, pruned: Path, args: argparse.Namespace):
+def finetune_dir(out: Path, index: int, lr: float | None) -> Path:
+    """The first --finetune-lr fine-tunes in ``finetune/``, any further one in
+    ``finetune_lr<LR>/``."""
+    return out / (FINETUNE if index == 0 else f"{FINETUNE}_lr{lr:g}")
+
+
+def finetune_on_validation(
+    source: Source, config: Any, out: Path, args: argparse.Namespace, echo
+) -> dict[str, Any]:
+    """One masked fine-tuning per --finetune-lr value, each from the same pruned model. With
+    several, ``finetune`` is the one of best validation accuracy (the first on a tie) and
+    ``finetune_trials`` lists them all: a fixed lr is not fair across methods, since behind
+    BatchNorm a step moves a layer by about lr / ||w||^2 and methods leave weights of different
+    sizes."""
+    lrs = args.finetune_lr or [None]
+    if len(set(lrs)) < len(lrs):
+        raise UsageError(f"--finetune-lr values repeat: {' '.join(f'{lr:g}' for lr in lrs)}")
+    if len(lrs) > 1 and finetune_config(config, out / PRUNED, args, lrs[0]).data.val_size == 0:
+        raise UsageError(
+            "several --finetune-lr values are chosen between on the validation split, and this "
+            "run has none (data.val_size=0); pass one value"
+        )
+    trials = [
+        finetune(source, config, out, args, echo, lr=lr, run_dir=finetune_dir(out, i, lr))
+        for i, lr in enumerate(lrs)
+    ]
+    if len(trials) == 1:
+        return {"finetune": trials[0]}
+    best = max(trials, key=lambda t: t.get("val_acc", float("-inf")))
+    return {"finetune": {**best, "chosen_on": "val_acc"}, "finetune_trials": trials}
+
+
+def finetune_config(config: Any, pruned: Path, args: argparse.Namespace, lr: float | None):
     from rewa.train.config import apply_override, config_from_dict
 
     values = config.to_dict()
@@ -189,7 +221,7 @@ def finetune_config(config: Any, pruned: Path, args: argparse.Namespace):
             f"--finetune-method same does not work for {method['name']!r} (its weights are "
             "reparameterized or masked by the method itself); use --finetune-method dense"
         )
-    values["method"]["lr"] = args.finetune_lr or 0.1 * method["lr"]
+    values["method"]["lr"] = lr or 0.1 * method["lr"]
     values["schedule"] = {"epochs": args.finetune_epochs, "warmup_epochs": 0.0, "cosine": True}
     values["sparsity"] = {"finetune_from": str(pruned.resolve())}
     values["output"]["name"] = FINETUNE
@@ -200,12 +232,13 @@ def finetune_config(config: Any, pruned: Path, args: argparse.Namespace):
     return config_from_dict(values)
 
 
-def finetune(source: Source, config: Any, out: Path, args, echo) -> dict[str, Any]:
+def finetune(
+    source: Source, config: Any, out: Path, args, echo, *, lr: float | None, run_dir: Path
+) -> dict[str, Any]:
     from rewa.train import checkpoint
     from rewa.train.pipeline import train
 
-    ft_config = finetune_config(config, out / PRUNED, args)
-    run_dir = out / FINETUNE
+    ft_config = finetune_config(config, out / PRUNED, args, lr)
     progress = False if args.quiet else None
     result = train(
         ft_config, run_dir, resume=args.resume, force=args.force, echo=echo, progress=progress
@@ -259,6 +292,11 @@ def prune_markdown(result: dict[str, Any], warnings: list[str]) -> str:
             f"masks hold: {f['masks_hold']}; sparsity {f['sparsity']:.2%}; {accs}.",
             "",
         ]
+    if "finetune_trials" in result:
+        tried = ", ".join(
+            f"lr {t['lr']:g}: val_acc {t['val_acc']:.4f}" for t in result["finetune_trials"]
+        )
+        lines += [f"The lr was chosen on validation accuracy among {tried}.", ""]
     lines += [f"**WARNING: {w}**" for w in warnings] + ([""] if warnings else [])
     lines += [
         "## Per-layer allocation",
@@ -282,6 +320,8 @@ def prune_summary(result: dict[str, Any], out: Path) -> str:
         f = result["finetune"]
         accs = " ".join(f"{k} {v:.4f}" for k, v in f.items() if k.endswith("_acc"))
         text += f"; fine-tuned {f['epochs']} epochs: {accs} (masks hold: {f['masks_hold']})"
+        if "finetune_trials" in result:
+            text += f" at lr {f['lr']:g}, chosen on validation"
     return text + f"; wrote {out}/{PRUNED}, prune.md, prune.json, allocation.csv"
 
 
@@ -462,11 +502,14 @@ examples:
   rewa prune runs/cifar10_resnet20_rewa --sparsity 0.95
   rewa prune runs/cifar10_resnet20_rewa --threshold 1e-3 --finetune-epochs 5 --out runs/p
   rewa export runs/p/finetune --format both
+  rewa prune runs/r --sparsity 0.95 --finetune-epochs 1 --finetune-lr 0.01 0.001
 
 The output directory gets pruned.pt (weights + masks, loadable by `rewa export`), prune.md,
 prune.json and allocation.csv (per-layer sparsity; layers that became entirely zero are warned
 about). With --finetune-epochs, finetune/ is a normal run directory (metrics, checkpoints, the
 final threshold sweep); an interrupted fine-tuning continues with the same command + --resume.
+With several --finetune-lr values, prune.json's "finetune" names the run directory chosen on
+validation and "finetune_trials" lists every one.
 """
 
 
@@ -503,11 +546,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="fine-tune with plain SGD/AdamW (dense, default) or the run's own method",
     )  # fmt: skip
     p.add_argument(
-        "--finetune-lr", type=positive_float, metavar="LR",
+        "--finetune-lr", type=positive_float, nargs="+", metavar="LR",
         help="peak learning rate of the fine-tuning (cosine, no warmup; default 0.1 x the run's). "
-        "Behind BatchNorm a step moves a layer by about lr / ||w||^2, and ReWA leaves weights "
-        "several times smaller than a dense run's: 0.01 x the run's suits ReWA models "
-        "(results/cifar10_resnet20/ft_check)",
+        "Several values: one fine-tuning each (finetune/, finetune_lr<LR>/ ...), the one of best "
+        "validation accuracy reported. Behind BatchNorm a step moves a layer by about "
+        "lr / ||w||^2, and ReWA leaves weights several times smaller than a dense run's, so no "
+        "single lr suits every method (results/cifar10_resnet20/ft_check): compare methods with "
+        "e.g. --finetune-lr 0.01 0.001",
     )  # fmt: skip
     p.add_argument(
         "--finetune-weight-decay", type=nonneg_float, default=5e-4, metavar="WD",

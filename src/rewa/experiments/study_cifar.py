@@ -57,8 +57,8 @@ GROUP_LABELS = {
 STRENGTH = {"rewa": "weight_decay", "l1-prox": "lam", "l1": "lam", "str": "weight_decay"}
 CSV_COLUMNS = [
     "group", "run", "strength", "target", "sparsity", "pruned_sparsity",
-    "val_oneshot", "test_oneshot", "val_bn", "test_bn", "val_ft", "test_ft",
-    "unpruned_val", "unpruned_test", "exact_zeros", "below_1e-3", "train_minutes",
+    "val_oneshot", "test_oneshot", "val_bn", "test_bn", "val_ft", "test_ft", "ft_lr",
+    "ft_lrs_tried", "unpruned_val", "unpruned_test", "exact_zeros", "below_1e-3", "train_minutes",
 ]  # fmt: skip
 
 
@@ -130,12 +130,19 @@ def rows_of(run: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "test_bn": bn.get("test_acc"),
                 "val_ft": ft.get("val_acc"),
                 "test_ft": ft.get("test_acc"),
+                "ft_lr": ft.get("lr"),
+                "ft_lrs_tried": " ".join(f"{t['lr']:g}" for t in _ft_trials(result)),
                 **{k: run[k] for k in ("unpruned_val", "unpruned_test", "exact_zeros")},
                 "below_1e-3": run["below_1e-3"],
                 "train_minutes": run["train_minutes"],
             }
         )
     return rows
+
+
+def _ft_trials(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The fine-tunings the prune chose between on validation (just the one when it had one lr)."""
+    return result.get("finetune_trials") or ([result["finetune"]] if "finetune" in result else [])
 
 
 def select(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, float, str], Mapping[str, Any]]:
@@ -182,9 +189,17 @@ def selection_table(chosen, sparsities) -> str:
             row = {"method": GROUP_LABELS.get(group, group), "way": label}
             for s in sparsities:
                 c = chosen.get((group, s, way))
-                row[f"{s:.0%}"] = c["run"] if c else "–"
+                row[f"{s:.0%}"] = _selected(c, way)
             rows.append(row)
     return markdown_table(rows, ["method", "way", *(f"{s:.0%}" for s in sparsities)])
+
+
+def _selected(row: Mapping[str, Any] | None, way: str) -> str:
+    if row is None:
+        return "–"
+    if way == "ft" and row.get("ft_lr") is not None:
+        return f"{row['run']} (lr {row['ft_lr']:g} of {row['ft_lrs_tried']})"
+    return row["run"]
 
 
 RUN_COLUMNS = [
@@ -285,6 +300,10 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "## Selected runs",
         "",
         selection_table(chosen, sparsities),
+        "",
+        "Masked fine-tuning: `(lr A of A B)` is the lr chosen on validation among those the "
+        "prune tried, one fine-tuning of the same pruned model each (a prune made with one lr "
+        "shows only that one).",
         "",
         "## Every run (as trained)",
         "",

@@ -389,4 +389,13 @@ def run_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         return not any(key == k or key.startswith(k + ".") for k in NON_RUN_KEYS)
 
     fa, fb = flatten(a), flatten(b)
-    return sorted(k for k in set(fa) | set(fb) if relevant(k) and fa.get(k) != fb.get(k))
+    return sorted(k for k in set(fa) | set(fb) if relevant(k) and not _same(fa.get(k), fb.get(k)))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values; floats equal to rounding (0.1 * 0.1 is the lr 0.01 written by hand)."""
+    floats = isinstance(a, float) or isinstance(b, float)
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+    if floats and numbers:
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b
