@@ -198,7 +198,9 @@ def _selected(row: Mapping[str, Any] | None, way: str) -> str:
     if row is None:
         return "–"
     if way == "ft" and row.get("ft_lr") is not None:
-        return f"{row['run']} (lr {row['ft_lr']:g} of {row['ft_lrs_tried']})"
+        tried = row["ft_lrs_tried"]
+        of = f" of {tried}" if " " in tried else ""
+        return f"{row['run']} (lr {row['ft_lr']:g}{of})"
     return row["run"]
 
 
@@ -302,8 +304,8 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         selection_table(chosen, sparsities),
         "",
         "Masked fine-tuning: `(lr A of A B)` is the lr chosen on validation among those the "
-        "prune tried, one fine-tuning of the same pruned model each (a prune made with one lr "
-        "shows only that one).",
+        "prune tried, one fine-tuning of the same pruned model each; `(lr A)`: a prune made "
+        "with that lr only.",
         "",
         "## Every run (as trained)",
         "",
