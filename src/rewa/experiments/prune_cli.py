@@ -186,7 +186,7 @@ def finetune_on_validation(
     BatchNorm a step moves a layer by about lr / ||w||^2 and methods leave weights of different
     sizes."""
     lrs = args.finetune_lr or [None]
-    if len(set(lrs)) < len(lrs):
+    if len({f"{lr:g}" for lr in lrs}) < len(lrs):  # each names its run directory
         raise UsageError(f"--finetune-lr values repeat: {' '.join(f'{lr:g}' for lr in lrs)}")
     if len(lrs) > 1 and finetune_config(config, out / PRUNED, args, lrs[0]).data.val_size == 0:
         raise UsageError(
