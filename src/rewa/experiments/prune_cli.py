@@ -185,9 +185,10 @@ def finetune_on_validation(
     ``finetune_trials`` lists them all: a fixed lr is not fair across methods, since behind
     BatchNorm a step moves a layer by about lr / ||w||^2 and methods leave weights of different
     sizes."""
-    lrs = args.finetune_lr or [None]
-    if len({f"{lr:g}" for lr in lrs}) < len(lrs):  # each names its run directory
-        raise UsageError(f"--finetune-lr values repeat: {' '.join(f'{lr:g}' for lr in lrs)}")
+    lrs = args.finetune_lr or [None]  # None: the default, 0.1 x the run's lr
+    names = [f"{lr:g}" for lr in lrs if lr is not None]
+    if len(set(names)) < len(names):  # each names its run directory
+        raise UsageError(f"--finetune-lr values repeat: {' '.join(names)}")
     if len(lrs) > 1 and finetune_config(config, out / PRUNED, args, lrs[0]).data.val_size == 0:
         raise UsageError(
             "several --finetune-lr values are chosen between on the validation split, and this "
