@@ -160,6 +160,15 @@ def test_selection_uses_validation_not_test():
     assert ("rewa", 0.9, "bn") not in chosen  # no BatchNorm numbers, no selection
 
 
+def test_selected_fine_tuning_names_its_lr_and_the_lrs_tried():
+    from rewa.experiments.study_cifar import _selected
+
+    row = {"run": "a", "ft_lr": 0.001, "ft_lrs_tried": "0.01 0.001"}
+    assert _selected(row, "ft") == "a (lr 0.001 of 0.01 0.001)"
+    assert _selected({**row, "ft_lr": 0.01, "ft_lrs_tried": "0.01"}, "ft") == "a (lr 0.01)"
+    assert _selected(row, "bn") == "a" and _selected(None, "ft") == "–"
+
+
 def test_only_runs_of_the_pruned_runs_budget_are_compared_and_the_dense_one_is_best_on_val():
     from rewa.experiments.study_cifar import dense_reference, study_budget
 
