@@ -163,7 +163,7 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
         if "bn_recalibrated" in old.get("pruned", {}):
             facts["bn_recalibrated"] = old["pruned"]["bn_recalibrated"]
     if args.finetune_epochs:
-        result.update(finetune_on_validation(source, config, out, args, echo))
+        result.update(finetune_on_validation(config, out, args, echo))
     write_json(out / "prune.json", result)
     write_csv(out / "allocation.csv", rows, ALLOCATION_COLUMNS)
     (out / "prune.md").write_text(prune_markdown(result, warnings))
@@ -178,7 +178,7 @@ def finetune_dir(out: Path, index: int, lr: float | None) -> Path:
 
 
 def finetune_on_validation(
-    source: Source, config: Any, out: Path, args: argparse.Namespace, echo
+    config: Any, out: Path, args: argparse.Namespace, echo
 ) -> dict[str, Any]:
     """One masked fine-tuning per --finetune-lr value, each from the same pruned model. With
     several, ``finetune`` is the one of best validation accuracy (the first on a tie) and
@@ -189,14 +189,15 @@ def finetune_on_validation(
     names = [f"{lr:g}" for lr in lrs if lr is not None]
     if len(set(names)) < len(names):  # each names its run directory
         raise UsageError(f"--finetune-lr values repeat: {' '.join(names)}")
-    if len(lrs) > 1 and finetune_config(config, out / PRUNED, args, lrs[0]).data.val_size == 0:
+    configs = [finetune_config(config, out / PRUNED, args, lr) for lr in lrs]
+    if len(lrs) > 1 and configs[0].data.val_size == 0:
         raise UsageError(
             "several --finetune-lr values are chosen between on the validation split, and this "
             "run has none (data.val_size=0); pass one value"
         )
     trials = [
-        finetune(source, config, out, args, echo, lr=lr, run_dir=finetune_dir(out, i, lr))
-        for i, lr in enumerate(lrs)
+        finetune(ft_config, finetune_dir(out, i, lr), args, echo)
+        for i, (lr, ft_config) in enumerate(zip(lrs, configs, strict=True))
     ]
     if len(trials) == 1:
         return {"finetune": trials[0]}
@@ -233,13 +234,11 @@ def finetune_config(config: Any, pruned: Path, args: argparse.Namespace, lr: flo
     return config_from_dict(values)
 
 
-def finetune(
-    source: Source, config: Any, out: Path, args, echo, *, lr: float | None, run_dir: Path
-) -> dict[str, Any]:
+def finetune(ft_config: Any, run_dir: Path, args, echo) -> dict[str, Any]:
+    """Train ``ft_config`` (a :func:`finetune_config`) in ``run_dir``; its facts for prune.json."""
     from rewa.train import checkpoint
     from rewa.train.pipeline import train
 
-    ft_config = finetune_config(config, out / PRUNED, args, lr)
     progress = False if args.quiet else None
     result = train(
         ft_config, run_dir, resume=args.resume, force=args.force, echo=echo, progress=progress
