@@ -160,6 +160,36 @@ def test_selection_uses_validation_not_test():
     assert ("rewa", 0.9, "bn") not in chosen  # no BatchNorm numbers, no selection
 
 
+def test_per_layer_allocation_of_each_methods_selected_pruned_run(study):
+    tmp, _, _ = study
+    out = tmp / "out"
+    text = (out / "results.md").read_text()
+    section = text.split("## Per-layer allocation")[1]
+    table_99 = section.split("### 99%")[1].split("###")[0]
+    assert "| layer" in table_99 and "dense" in table_99 and "gmp_0.95" not in table_99
+    pruned = json.loads((out / "runs" / "dense" / "prune_0.99" / "prune.json").read_text())
+    first = pruned["allocation"][0]
+    layer = first["layer"].removesuffix(".weight")
+    rows = [ln.split("|") for ln in table_99.splitlines() if ln.startswith("|")]
+    row = next(cells for cells in rows if cells[1].strip() == layer)
+    assert f"{100 * first['sparsity']:.1f}" in [c.strip() for c in row]
+    kept = json.loads((out / "results.json").read_text())["allocation"]["0.99"]["dense"]
+    assert kept[layer] == first["sparsity"]
+
+
+def test_allocation_table_takes_the_as_pruned_selection_per_method():
+    from rewa.experiments.study_cifar import allocation_table
+
+    row = {"run": "b", "val_oneshot": 0.8}
+    chosen = {("rewa", 0.9, "oneshot"): row, ("rewa", 0.9, "ft"): {"run": "c"},
+              ("gmp", 0.95, "oneshot"): {"run": "g"}}  # fmt: skip
+    allocation = {("b", 0.9): {"conv1": 0.5, "fc": 0.25}, ("c", 0.9): {"conv1": 0.0}}
+    table = allocation_table(chosen, allocation, 0.9)
+    assert [c.strip() for c in table.splitlines()[0].split("|")[1:-1]] == ["layer", "b"]
+    assert "| conv1 | 50.0 |" in table and "|    fc | 25.0 |" in table
+    assert allocation_table(chosen, allocation, 0.95) is None  # g has no allocation
+
+
 def test_selected_fine_tuning_names_its_lr_and_the_lrs_tried():
     from rewa.experiments.study_cifar import _selected
 

@@ -214,6 +214,35 @@ RUN_FORMATS = {
 }  # fmt: skip
 
 
+def allocations(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, float], dict[str, float]]:
+    """(run, S) -> {layer: its sparsity} of the model pruned to S (fine-tuning keeps the mask)."""
+    return {
+        (run["run"], float(s)): {
+            entry["layer"].removesuffix(".weight"): entry["sparsity"]
+            for entry in result.get("allocation", [])
+        }
+        for run in runs
+        for s, result in run["prunes"].items()
+    }
+
+
+def allocation_table(chosen, allocation, s: float) -> str | None:
+    """Layers down, each method's as-pruned run at S across: the sparsity of every layer."""
+    picked = [
+        chosen[key]["run"]
+        for key in sorted(chosen, key=lambda k: _order(k[0]))
+        if key[1:] == (s, "oneshot") and allocation.get((chosen[key]["run"], s))
+    ]
+    if not picked:
+        return None
+    layers = list(allocation[(picked[0], s)])
+    rows = [
+        {"layer": layer, **{run: _pct(allocation[(run, s)].get(layer)) for run in picked}}
+        for layer in layers
+    ]
+    return markdown_table(rows, ["layer", *picked])
+
+
 def plot(path: Path, chosen, dense_test: float | None) -> None:
     import matplotlib
 
@@ -272,6 +301,7 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     sparsities = sorted({row["sparsity"] for row in rows})
     dense = dense_reference(runs)
     dense_test = dense["unpruned_test"] if dense else None
+    allocation = allocations(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(out / "accuracy_sparsity.png", chosen, dense_test)
@@ -282,6 +312,10 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "provenance": provenance(),
             "selection": "per method, sparsity and way: best validation accuracy; test reported",
             "rows": rows,
+            "allocation": {
+                f"{s:g}": {run: layers for (run, at), layers in allocation.items() if at == s}
+                for s in sparsities
+            },
             "budget_epochs": budget,
             "runs": [{k: v for k, v in r.items() if k != "prunes"} for r in runs],
             "other_budgets": [{k: v for k, v in r.items() if k != "prunes"} for r in others],
@@ -317,6 +351,7 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "the run was paused or shared the machine, which `median_epoch_s` does not). Every "
         "(run, S) row, with validation accuracies, is in results.csv.",
         "",
+        *_allocation_section(chosen, allocation, sparsities),
     ]
     if others:
         text += [
@@ -327,6 +362,23 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         ]
     (out / "results.md").write_text("\n".join(text))
     return {"rows": rows, "chosen": chosen, "runs": runs, "other_budgets": others}
+
+
+def _allocation_section(chosen, allocation, sparsities) -> list[str]:
+    tables = [(s, allocation_table(chosen, allocation, s)) for s in sparsities]
+    tables = [(s, table) for s, table in tables if table]
+    if not tables:
+        return []
+    text = [
+        "## Per-layer allocation",
+        "",
+        "Sparsity (%) of each layer's weights in the model pruned to S, for each method's run "
+        "selected as pruned (the same mask after BatchNorm re-estimation and fine-tuning).",
+        "",
+    ]
+    for s, table in tables:
+        text += [f"### {s:.0%}", "", table, ""]
+    return text
 
 
 def register(commands: argparse._SubParsersAction) -> None:
