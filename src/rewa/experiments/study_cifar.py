@@ -226,7 +226,11 @@ def allocations(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, float], di
     }
 
 
-def allocation_table(chosen, allocation, s: float) -> str | None:
+Chosen = Mapping[tuple[str, float, str], Mapping[str, Any]]
+Allocation = Mapping[tuple[str, float], Mapping[str, float]]
+
+
+def allocation_table(chosen: Chosen, allocation: Allocation, s: float) -> str | None:
     """Layers down, each method's as-pruned run at S across: the sparsity of every layer."""
     picked = [
         chosen[key]["run"]
@@ -364,7 +368,9 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     return {"rows": rows, "chosen": chosen, "runs": runs, "other_budgets": others}
 
 
-def _allocation_section(chosen, allocation, sparsities) -> list[str]:
+def _allocation_section(
+    chosen: Chosen, allocation: Allocation, sparsities: Sequence[float]
+) -> list[str]:
     tables = [(s, allocation_table(chosen, allocation, s)) for s in sparsities]
     tables = [(s, table) for s, table in tables if table]
     if not tables:
