@@ -163,12 +163,17 @@ def _order(group: str) -> tuple[int, str]:
     return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group)
 
 
+def _groups(chosen: Mapping[tuple[str, float, str], Any]) -> list[str]:
+    """The methods that have a selected run, in table order."""
+    return sorted({g for g, _, _ in chosen}, key=_order)
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
 def main_table(chosen: Mapping[tuple[str, float, str], Mapping[str, Any]], sparsities) -> str:
-    groups = sorted({g for g, _, _ in chosen}, key=_order)
+    groups = _groups(chosen)
     rows = []
     for group in groups:
         row = {"method": GROUP_LABELS.get(group, group)}
@@ -182,7 +187,7 @@ def main_table(chosen: Mapping[tuple[str, float, str], Mapping[str, Any]], spars
 
 
 def selection_table(chosen, sparsities) -> str:
-    groups = sorted({g for g, _, _ in chosen}, key=_order)
+    groups = _groups(chosen)
     rows = []
     for group in groups:
         for way, label in WAYS.items():
@@ -232,11 +237,8 @@ Allocation = Mapping[tuple[str, float], Mapping[str, float]]
 
 def allocation_table(chosen: Chosen, allocation: Allocation, s: float) -> str | None:
     """Layers down, each method's as-pruned run at S across: the sparsity of every layer."""
-    picked = [
-        chosen[key]["run"]
-        for key in sorted(chosen, key=lambda k: _order(k[0]))
-        if key[1:] == (s, "oneshot") and allocation.get((chosen[key]["run"], s))
-    ]
+    selected = [chosen.get((group, s, "oneshot")) for group in _groups(chosen)]
+    picked = [row["run"] for row in selected if row and allocation.get((row["run"], s))]
     if not picked:
         return None
     layers = list(allocation[(picked[0], s)])
@@ -255,7 +257,7 @@ def plot(path: Path, chosen, dense_test: float | None) -> None:
 
     from rewa.report.curves import _sparsity_axis, legend_on_fullest
 
-    groups = sorted({g for g, _, _ in chosen}, key=_order)
+    groups = _groups(chosen)
     fig, axes = plt.subplots(1, len(WAYS), figsize=(15, 4.6), sharey=True)
     for ax, (way, label) in zip(axes, WAYS.items(), strict=True):
         for group in groups:
