@@ -34,7 +34,8 @@ read -r -a EXTRA <<<"${EXTRA:-}"
 ALL="0.9 0.95 0.98 0.99"
 
 # NAME  CONFIG  PRUNE-AT  [rewa train arguments]    (in the order they run; the last six were
-# first run before fine-tuning chose its lr on validation and are trained again for it, last)
+# first run before fine-tuning chose its lr on validation and are trained again for it, last,
+# those whose table cells the lr choice can change most first)
 STUDY=(
   "rewa_1e-3        rewa    all   --set method.options.weight_decay=1.0e-3"
   "l1prox_3e-4      l1prox  all   --set method.options.lam=3.0e-4"
@@ -50,12 +51,12 @@ STUDY=(
   "str_5e-4_s-3     str     all   --set method.options.weight_decay=5.0e-4 --set method.options.s_init=-3.0"
   "spred_5e-4       spred   all   --set method.options.init=sqrt"
   "spred_indep_5e-4 spred   all   --set method.options.init=independent"
-  "dense            dense   all"
-  "rewa_3e-4        rewa    all   --set method.options.weight_decay=3.0e-4"
-  "l1prox_1e-4      l1prox  all   --set method.options.lam=1.0e-4"
-  "rewa_1e-4        rewa    all   --set method.options.weight_decay=1.0e-4"
-  "gmp_0.95         gmp     0.95  --set method.options.target=0.95"
   "rewa_target_0.95 rewa    0.95  --target-sparsity 0.95 --set method.options.weight_decay=3.0e-5"
+  "rewa_1e-4        rewa    all   --set method.options.weight_decay=1.0e-4"
+  "l1prox_1e-4      l1prox  all   --set method.options.lam=1.0e-4"
+  "rewa_3e-4        rewa    all   --set method.options.weight_decay=3.0e-4"
+  "gmp_0.95         gmp     0.95  --set method.options.target=0.95"
+  "dense            dense   all"
 )
 
 # The sanity gate: is the dense recipe's test accuracy >= 90% on this data with more epochs?
