@@ -37,6 +37,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide CPU speed and whether bf16 is native (model.bf16: auto), as
+# torch detects them: "AMD EPYC" alone names machines with and without AVX512-BF16.
+_CPU_FEATURES = {
+    "avx2": "_is_avx2_supported",
+    "avx512": "_is_avx512_supported",
+    "avx512_bf16": "_is_avx512_bf16_supported",
+    "amx": "_is_amx_tile_supported",
+}
+
+
+def _cpu_features() -> list[str]:
+    return [
+        name
+        for name, probe in _CPU_FEATURES.items()
+        if bool(getattr(torch.cpu, probe, lambda: False)())
+    ]
+
+
 def _command() -> str:
     """The command line that is running: ``rewa ...`` for the CLI (its console script or
     ``python -m rewa``), ``python PROGRAM ...`` for anything else (e.g. a script in scripts/)."""
@@ -59,6 +77,7 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": _cpu_model(),
+        "cpu_features": _cpu_features(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
