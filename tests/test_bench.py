@@ -11,10 +11,13 @@ import sys
 import pytest
 import torch
 
+from rewa.bench.methods import DEFAULT_METHODS, MethodTrainer
 from rewa.bench.shapes import PARAM_SETS, numel
 from rewa.bench.timing import Summary
 from rewa.cli import main
+from rewa.methods import build_method
 from rewa.models import build_model
+from rewa.sparsity import sparsifiable_parameters
 
 PUBLISHED_COUNTS = {"resnet20": 269_722, "resnet18": 11_173_962, "resnet50": 25_557_032}
 
@@ -87,6 +90,34 @@ def test_bench_train_writes_results(tmp_path):
     assert (out / "train.md").exists() and (out / "train.csv").exists()
 
 
+def test_bench_methods_times_every_method_against_the_first(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "methods", "--model", "tiny", "--batch-size", "4", "--steps", "1"]
+    argv += ["--reps", "2", "--warmup", "1", "--threads", "1", "--out-dir", str(out), "--quiet"]
+    assert main(argv) == 0
+    result = json.loads((out / "methods.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == list(DEFAULT_METHODS) and result["reference"] == "dense"
+    assert rows["dense"]["time_vs_dense"] == 1.0
+    for row in rows.values():
+        assert row["images_per_s"] > 0
+        assert all(row[f"ms_{phase}"] > 0 for phase in ("forward", "backward", "step"))
+    assert "time_vs_dense" in (out / "methods.md").read_text()
+
+
+def test_bench_methods_runs_the_trainers_step_with_the_methods_hook():
+    torch.manual_seed(0)
+    model = build_model("tiny", num_classes=10)
+    method = build_method("gmp", model, lr=0.1, options={"target": 0.9, "start": 0.0, "end": 0.5})
+    trainer = MethodTrainer("gmp", method, torch.device("cpu"), bf16=False)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    trainer.chunk(x, y, steps=4, total_steps=4)
+    assert trainer.step == 4 and len(trainer.phase_seconds["step"]) == 4
+    weights = [p for _, p in sparsifiable_parameters(model)]
+    zeros = sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+    assert zeros >= 0.9  # the ramp ended within the 4 steps: the hook pruned to the target
+
+
 def test_bench_precision_times_every_setting(tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", "precision", "--model", "tiny", "--batch-size", "4", "--steps", "1"]
@@ -107,6 +138,8 @@ def test_bench_precision_times_every_setting(tmp_path):
     [
         (["bench", "optim", "--only", "adam"], "unknown optimizer 'adam'"),
         (["bench", "optim", "--no-compile", "--only", "rewa-sgd-compiled"], "--no-compile"),
+        (["bench", "methods", "--methods", "dense", "lasso"], "unknown method 'lasso'"),
+        (["bench", "methods", "--methods", "dense", "str", "dense"], "named twice"),
     ],
 )
 def test_bench_bad_input_is_one_line_error(argv, message, capsys):

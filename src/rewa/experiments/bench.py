@@ -1,4 +1,5 @@
-"""`rewa bench optim` and `rewa bench train`: what a ReWA step costs next to torch's SGD/AdamW."""
+"""`rewa bench optim`, `train`, `methods` and `precision`: what a ReWA step, and a step of every
+other method, costs next to torch's SGD/AdamW."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from pathlib import Path
 
 import torch
 
+from rewa.bench import methods as bench_methods
 from rewa.bench import optim as bench_optim
 from rewa.bench import precision as bench_precision
 from rewa.bench import train as bench_train
 from rewa.bench.shapes import PARAM_SETS
 from rewa.cliutil import nonneg_int, positive_int
 from rewa.errors import UsageError
+from rewa.methods import METHODS
 from rewa.models import MODELS
 
 
@@ -48,7 +51,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="benchmarks: optimizer step time, training throughput",
         description="Measure what ReWA costs: `rewa bench optim` times one optimizer step "
         "against torch's SGD and AdamW, `rewa bench train` measures images/s of full training "
-        "steps with SGD and with ReWA.",
+        "steps with SGD and with ReWA, `rewa bench methods` those of every sparsification "
+        "method, `rewa bench precision` those of float32 and bf16.",
     )
     sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -126,6 +130,47 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
+        "methods",
+        help="images/s of a training step of each method (dense, ReWA, l1, GMP, STR, Spred...)",
+        description="Set up each method on its own copy of one model as `rewa train` does "
+        "(default options, channels_last, bf16 autocast where native) and train it on one fixed "
+        "random batch, alternating chunks of steps between methods; report images/s, the time "
+        "of forward, backward and optimizer step, and each method's time against the first.",
+        formatter_class=fmt,
+    )
+    _common(p, "runs/bench")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="NAME",
+        default=list(bench_methods.DEFAULT_METHODS),
+        help=f"methods to time, the first the reference; valid: {', '.join(sorted(METHODS))}",
+    )
+    p.add_argument("--model", choices=list(MODELS), default="resnet20", help="model")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
+    p.add_argument("--steps", type=positive_int, default=5, help="training steps per chunk")
+    p.add_argument("--reps", type=positive_int, default=10, help="timed chunks per method")
+    p.add_argument(
+        "--bf16",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="bf16 autocast of the forward pass (auto: where the CPU/GPU computes bf16 natively)",
+    )
+    p.add_argument(
+        "--memory-format",
+        choices=("channels_last", "contiguous"),
+        default="channels_last",
+        help="memory format of the model and the input (the CPU configs' is channels_last)",
+    )
+    p.add_argument(
+        "--total-steps",
+        type=positive_int,
+        default=bench_methods.DEFAULT_TOTAL_STEPS,
+        help="the run length the methods' schedules see (GMP's ramp and mask updates)",
+    )
+    p.set_defaults(func=_methods)
+
+    p = sub.add_parser(
         "precision",
         help="training images/s under float32/bf16, contiguous/channels_last, thread counts",
         description="Time training steps (forward + backward + SGD step, one fixed random "
@@ -179,6 +224,21 @@ def _train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(text)
         print(f"Wrote {args.out_dir}/train.json, train.csv, train.md")
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    for name in args.methods:
+        if name not in METHODS:
+            raise UsageError(f"--methods: unknown method {name!r}; valid: {', '.join(METHODS)}")
+    if len(set(args.methods)) < len(args.methods):
+        raise UsageError("--methods: a method is named twice")
+    args.bf16 = {"true": True, "false": False}.get(args.bf16, args.bf16)
+    result = bench_methods.run(args)
+    text = bench_methods.write(result, Path(args.out_dir))
+    if not args.quiet:
+        print(text)
+        print(f"Wrote {args.out_dir}/methods.json, methods.csv, methods.md")
     return 0
 
 
