@@ -8,10 +8,12 @@
 
 declare -F prune_done >/dev/null || prune_done() { [ -f "$1" ]; }
 
-study_commit() {  # WHAT: commit $OUT alone (other staged or unstaged work is left as it is)
+study_commit() {  # WHAT [PATH]: commit PATH (default $OUT) alone; other work, in $OUT too
+  # (a README being edited while the study runs), is left as it is
   [ "$COMMIT" = 1 ] || return 0
-  git add -- "$OUT" && git commit -q -m "$(basename "$OUT"): $1" -- "$OUT" \
-    || echo "WARNING: could not commit $1 (commit $OUT by hand)"
+  local path=${2:-$OUT}
+  git add -- "$path" && git commit -q -m "$(basename "$OUT"): $1" -- "$path" \
+    || echo "WARNING: could not commit $1 (commit $path by hand)"
 }
 
 study_save() {  # NAME: copy the run's small files (not checkpoints) next to the table
@@ -40,7 +42,7 @@ study_train() {  # NAME CONFIG [rewa train arguments...]
     --set data.data_dir="$DATA" --set output.runs_root="$RUNS" --set output.name="$name" \
     --set output.progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$RUNS/$name.log" 2>&1 \
     || { echo "FAILED: $name (see $RUNS/$name.log)"; return 1; }
-  study_save "$name" && study_commit "$name trained"
+  study_save "$name" && study_commit "$name trained" "$OUT/runs/$name"
 }
 
 study_prune() {  # NAME S: prune_run unless done, then keep and commit the result
@@ -49,7 +51,7 @@ study_prune() {  # NAME S: prune_run unless done, then keep and commit the resul
   echo "$(date -u +%FT%TZ) pruning $name to $s"
   prune_run "$name" "$s" >"$RUNS/$name.prune_$s.log" 2>&1 \
     || { echo "FAILED: prune $name $s (see $RUNS/$name.prune_$s.log)"; return 1; }
-  study_save "$name" && study_commit "$name pruned to $s"
+  study_save "$name" && study_commit "$name pruned to $s" "$OUT/runs/$name"
 }
 
 study_kept() {  # NAME S...: the run and all its prunes are already in $OUT (a committed result)
