@@ -296,3 +296,19 @@ def test_training_precision_reads_every_session_of_run_json(tmp_path, flags, exp
     (tmp_path / "run.json").write_text(json.dumps({"sessions": sessions}))
     assert training_precision(tmp_path) == expected
     assert training_precision(tmp_path / "missing") == "?"
+
+
+def test_training_machine_names_each_sessions_cpu_and_its_features(tmp_path):
+    from rewa.report.runs import training_machine
+
+    sessions = [
+        {"cpu": "AMD EPYC"},
+        {"cpu": "AMD EPYC", "cpu_features": ["avx2", "avx512", "avx512_bf16"]},
+        {"cpu": "AMD EPYC", "cpu_features": ["avx2", "avx512", "avx512_bf16"]},
+        {"cpu": "Intel Xeon", "gpu": "NVIDIA H200", "cpu_features": ["avx2"]},
+    ]
+    (tmp_path / "run.json").write_text(json.dumps({"sessions": sessions}))
+    assert training_machine(tmp_path) == (
+        "AMD EPYC; AMD EPYC (avx2+avx512+avx512_bf16); NVIDIA H200"
+    )
+    assert training_machine(tmp_path / "missing") == "?"

@@ -24,6 +24,7 @@ from rewa.report.runs import (
     finished_runs,
     load_eval,
     prune_results,
+    training_machine,
     training_precision,
 )
 from rewa.report.tables import markdown_table, write_csv, write_json
@@ -95,6 +96,7 @@ def read_run(folder: Path) -> dict[str, Any]:
         else None,
         "epochs": len(records),
         "precision": training_precision(folder),
+        "machine": training_machine(folder),
         "prunes": prunes,
         "provenance": evaluation.get("provenance"),
         "config": config,
@@ -211,7 +213,7 @@ def _selected(row: Mapping[str, Any] | None, way: str) -> str:
 
 RUN_COLUMNS = [
     "run", "group", "strength", "target", "unpruned_val", "unpruned_test", "exact_zeros",
-    "below_1e-3", "epochs", "precision", "train_minutes", "median_epoch_s",
+    "below_1e-3", "epochs", "precision", "train_minutes", "median_epoch_s", "machine",
 ]  # fmt: skip
 RUN_FORMATS = {
     "unpruned_val": ".4f", "unpruned_test": ".4f", "exact_zeros": ".2%", "below_1e-3": ".2%",
@@ -353,6 +355,8 @@ def summarize(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "",
         "`exact_zeros`: exact zeros of the trained weights; `below_1e-3`: fraction |x| <= 1e-3; "
         "`precision`: bf16 autocast or float32 (`model.bf16: auto` follows the machine); "
+        "`machine`: the CPU (with the features torch detects, where run.json records them) or "
+        "GPU each training session ran on; "
         "`train_minutes`: sum of the epochs' wall time (evaluation excluded; it includes any time "
         "the run was paused or shared the machine, which `median_epoch_s` does not). Every "
         "(run, S) row, with validation accuracies, is in results.csv.",

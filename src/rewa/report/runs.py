@@ -9,7 +9,7 @@ each target), not an interpolation.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,20 @@ def training_precision(run_dir: str | Path) -> str:
     if len(kinds) == 1:
         return kinds.pop()
     return "mixed" if kinds else "?"
+
+
+def _machine(session: Mapping[str, Any]) -> str:
+    name = session.get("gpu") or session.get("cpu") or "?"
+    features = session.get("cpu_features")
+    return f"{name} ({'+'.join(features)})" if features and not session.get("gpu") else name
+
+
+def training_machine(run_dir: str | Path) -> str:
+    """Where a run's training sessions ran, from its run.json: the GPU, else the CPU with the
+    features torch detected (recorded since run.json has them), sessions on different machines
+    joined by "; "; "?" when not recorded."""
+    machines = list(dict.fromkeys(_machine(s) for s in training_sessions(run_dir)))
+    return "; ".join(machines) or "?"
 
 
 def prune_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
