@@ -155,3 +155,11 @@ def test_bench_cuda_without_gpu_is_rejected(capsys):
         main(["bench", "optim", "--device", "cuda"])
     assert exit_info.value.code == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bench", ["train", "methods", "precision"])
+def test_bench_of_training_steps_refuses_the_language_model(bench, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", bench, "--model", "llama"])  # random images are no token ids
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'llama'" in capsys.readouterr().err

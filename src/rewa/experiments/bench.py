@@ -16,7 +16,7 @@ from rewa.bench.shapes import PARAM_SETS
 from rewa.cliutil import nonneg_int, positive_int
 from rewa.errors import UsageError
 from rewa.methods import METHODS
-from rewa.models import MODELS
+from rewa.models import IMAGE_MODELS
 
 
 def _device(text: str) -> str:
@@ -43,6 +43,13 @@ def _common(p: argparse.ArgumentParser, out_dir: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for weights, gradients, inputs")
     p.add_argument("--out-dir", default=out_dir, help="where the JSON/CSV/markdown go")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+
+
+def _chunks(p: argparse.ArgumentParser, *, steps: int, reps: int, each: str) -> None:
+    """The batch and the timed chunks of training steps (the training-step benchmarks)."""
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
+    p.add_argument("--steps", type=positive_int, default=steps, help="training steps per chunk")
+    p.add_argument("--reps", type=positive_int, default=reps, help=f"timed chunks per {each}")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -117,13 +124,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     _common(p, "runs/bench")
     p.add_argument(
         "--model",
-        choices=list(MODELS),
+        choices=IMAGE_MODELS,
         default=None,
         help="model (default: resnet20 on CPU, resnet18 on GPU)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
-    p.add_argument("--steps", type=positive_int, default=5, help="training steps per chunk")
-    p.add_argument("--reps", type=positive_int, default=10, help="timed chunks per optimizer")
+    _chunks(p, steps=5, reps=10, each="optimizer")
     p.add_argument("--all-params", action="store_true", help="every parameter under ReWA")
     p.add_argument("--compile", action="store_true", help="also time ReWA(compile=True)")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
@@ -146,10 +151,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=list(bench_methods.DEFAULT_METHODS),
         help=f"methods to time, the first the reference; valid: {', '.join(sorted(METHODS))}",
     )
-    p.add_argument("--model", choices=list(MODELS), default="resnet20", help="model")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
-    p.add_argument("--steps", type=positive_int, default=5, help="training steps per chunk")
-    p.add_argument("--reps", type=positive_int, default=10, help="timed chunks per method")
+    p.add_argument("--model", choices=IMAGE_MODELS, default="resnet20", help="model")
+    _chunks(p, steps=5, reps=10, each="method")
     p.add_argument(
         "--bf16",
         choices=("auto", "true", "false"),
@@ -188,10 +191,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
         help="float32, and bf16 autocast of the forward pass",
     )  # fmt: skip
-    p.add_argument("--model", choices=list(MODELS), default="resnet20", help="model")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
-    p.add_argument("--steps", type=positive_int, default=2, help="training steps per chunk")
-    p.add_argument("--reps", type=positive_int, default=3, help="timed chunks per setting")
+    p.add_argument("--model", choices=IMAGE_MODELS, default="resnet20", help="model")
+    _chunks(p, steps=2, reps=3, each="setting")
     p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed steps per setting")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     p.add_argument("--out-dir", default="runs/bench", help="where the JSON/CSV/markdown go")

@@ -30,6 +30,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "llama": llama,
 }
 
+# The image classifiers (input N×3×H×W); llama takes token ids.
+IMAGE_MODELS: tuple[str, ...] = tuple(name for name in MODELS if name != "llama")
+
 _RESNET = ("shortcut", "zero_init_residual")
 # The keyword options of each model besides num_classes (see rewa.models.resnet / tiny).
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -57,4 +60,4 @@ def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     return MODELS[name](num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "MODEL_OPTIONS", "LlamaLM", "ResNet", "TinyCNN", "build_model"]
+__all__ = ["IMAGE_MODELS", "MODELS", "MODEL_OPTIONS", "LlamaLM", "ResNet", "TinyCNN", "build_model"]
