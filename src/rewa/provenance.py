@@ -47,7 +47,8 @@ _CPU_FEATURES = {
 }
 
 
-def _cpu_features() -> list[str]:
+def cpu_features() -> list[str]:
+    """Which of avx2, avx512, avx512_bf16 and amx torch detects on this CPU."""
     return [
         name
         for name, probe in _CPU_FEATURES.items()
@@ -77,7 +78,7 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": _cpu_model(),
-        "cpu_features": _cpu_features(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

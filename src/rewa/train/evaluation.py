@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rewa.masks import Masks
+from rewa.provenance import cpu_features
 from rewa.sparsity import magnitude_threshold, prune_, sparsifiable_parameters, sparsity_report
 from rewa.train.distributed import sum_over_ranks
 
@@ -33,8 +34,7 @@ def _cpu_native_bf16() -> bool:
     # AVX512-BF16 or AMX, from the CPU's own flags. oneDNN's _is_mkldnn_bf16_supported() is not
     # this test: it is also true on AVX512 CPUs without BF16, where bf16 is emulated and trains
     # 3x slower than float32 (238 against 708 img/s, results/bench/cpu_precision_avx512).
-    flags = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, flag, lambda: False)()) for flag in flags)
+    return bool({"avx512_bf16", "amx"} & set(cpu_features()))
 
 
 def native_bf16(device: torch.device) -> bool:
