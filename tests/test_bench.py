@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
 import re
@@ -131,6 +132,28 @@ def test_bench_precision_times_every_setting(tmp_path):
     assert max(r["vs_fastest"] for r in result["rows"]) == 1.0
     assert all(r["images_per_s"] > 0 for r in result["rows"])
     assert "native bf16" in (out / "precision.md").read_text()
+
+
+def test_bench_precision_compile_times_each_setting_eager_and_compiled(tmp_path, monkeypatch):
+    compiled, forwards = [], []
+
+    def fake_compile(model):  # the wiring, not inductor (slow to compile on a CPU)
+        compiled.append(model)
+        model.register_forward_hook(lambda *_: forwards.append(model))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    out = tmp_path / "bench"
+    argv = ["bench", "precision", "--model", "tiny", "--batch-size", "4", "--steps", "1"]
+    argv += ["--reps", "1", "--threads", "1", "--precisions", "fp32", "--compile", "--warmup", "0"]
+    assert main([*argv, "--out-dir", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "precision.json").read_text())["rows"]
+    combos = {(r["memory_format"], r["model"]) for r in rows}
+    formats, modes = ("contiguous", "channels_last"), ("eager", "torch.compile")
+    assert combos == set(itertools.product(formats, modes))
+    assert len(compiled) == 2 == len(rows) // 2  # one model per compiled setting
+    assert len(forwards) == 2 * (2 + 1)  # warmed up 2 steps even with --warmup 0, then timed
+    assert "| model " in (out / "precision.md").read_text()
 
 
 @pytest.mark.parametrize(

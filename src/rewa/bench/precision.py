@@ -1,5 +1,6 @@
 """``rewa bench precision``: training images/s of a model under each CPU/GPU setting a config can
-choose — float32 or bf16 autocast, contiguous or channels_last, torch thread counts.
+choose — float32 or bf16 autocast, contiguous or channels_last, torch thread counts, and with
+``--compile`` the model eager or under ``torch.compile`` (``model.compile``).
 
 One model and one fixed random batch (no data loading), torch SGD; the settings' chunks of steps
 are interleaved repetition by repetition so that load on a shared machine hits them alike. This
@@ -25,15 +26,24 @@ from rewa.provenance import provenance
 from rewa.report.tables import markdown_table, write_csv, write_json
 from rewa.train.evaluation import autocast, native_bf16
 
+# untimed steps at least for a torch.compile'd model: the first compiles forward and backward, the
+# second can recompile (e.g. once the optimizer's state exists)
+COMPILED_WARMUP = 2
+
 
 class Setting:
-    """One (threads, precision, memory format) combination with its own model and optimizer."""
+    """One (threads, precision, memory format, compiled) combination with its own model and
+    optimizer."""
 
-    def __init__(self, base: nn.Module, threads: int, bf16: bool, channels_last: bool, batch):
-        self.threads, self.bf16, self.channels_last = threads, bf16, channels_last
+    def __init__(
+        self, base: nn.Module, threads: int, bf16: bool, channels_last: bool, compiled: bool, batch
+    ):
+        self.threads, self.bf16 = threads, bf16
+        self.channels_last, self.compiled = channels_last, compiled
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = copy.deepcopy(base).to(memory_format=fmt).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        model = copy.deepcopy(base).to(memory_format=fmt).train()
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        self.model = torch.compile(model) if compiled else model
         x, y = batch
         self.x, self.y = x.contiguous(memory_format=fmt), y
         self.seconds: list[float] = []
@@ -44,6 +54,7 @@ class Setting:
             "threads": self.threads,
             "precision": "bf16 autocast" if self.bf16 else "float32",
             "memory_format": "channels_last" if self.channels_last else "contiguous",
+            "model": "torch.compile" if self.compiled else "eager",
         }
 
     def chunk(self, steps: int, device: torch.device) -> float:
@@ -71,13 +82,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(device),
         torch.randint(0, 10, (args.batch_size,), generator=gen).to(device),
     )
-    combos = itertools.product(args.threads, args.precisions, (False, True))
-    settings = [Setting(base, t, p == "bf16", cl, batch) for t, p, cl in combos]
+    modes = (False, True) if args.compile else (False,)
+    combos = itertools.product(args.threads, args.precisions, (False, True), modes)
+    settings = [Setting(base, t, p == "bf16", cl, c, batch) for t, p, cl, c in combos]
     load_before = load_average()
     try:
         for s in settings:
-            if args.warmup:
-                s.chunk(args.warmup, device)
+            warmup = max(args.warmup, COMPILED_WARMUP) if s.compiled else args.warmup
+            if warmup:
+                s.chunk(warmup, device)
         for _ in tqdm(range(args.reps), desc="bench precision", disable=args.quiet):
             for s in settings:
                 s.seconds.append(s.chunk(args.steps, device))
@@ -114,8 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 COLUMNS = [
-    "threads", "precision", "memory_format", "images_per_s", "ms_per_step", "ms_p25", "ms_p75",
-    "vs_fastest",
+    "threads", "precision", "memory_format", "model", "images_per_s", "ms_per_step", "ms_p25",
+    "ms_p75", "vs_fastest",
 ]  # fmt: skip
 FORMATS = {
     "images_per_s": ".1f", "ms_per_step": ".1f", "ms_p25": ".1f", "ms_p75": ".1f",
@@ -130,7 +143,7 @@ def write(result: dict[str, Any], out_dir: Path) -> str:
     write_csv(out_dir / "precision.csv", result["rows"], COLUMNS)
     prov = result["provenance"]
     lines = [
-        "# Training throughput by precision, memory format and threads",
+        "# Training throughput by precision, memory format, threads and compilation",
         "",
         f"- command: `{prov['command']}`",
         f"- commit {prov['commit']}, torch {prov['torch']}, {result['device']}"
@@ -141,7 +154,8 @@ def write(result: dict[str, Any], out_dir: Path) -> str:
         f"- {result['model']}, batch {result['batch_size']} of random 3x32x32 inputs (no data"
         " loading), forward + backward + SGD step; median over"
         f" {result['reps']} interleaved chunks of {result['steps_per_chunk']} steps after"
-        f" {result['warmup']} warm-up steps",
+        f" {result['warmup']} warm-up steps ({COMPILED_WARMUP} or more for a compiled model,"
+        " its compilation among them)",
         "",
         markdown_table(result["rows"], COLUMNS, FORMATS),
         "",

@@ -178,8 +178,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="training images/s under float32/bf16, contiguous/channels_last, thread counts",
         description="Time training steps (forward + backward + SGD step, one fixed random "
         "batch) of one model under every combination of --threads, --precisions and memory "
-        "format (contiguous, channels_last), interleaved; report images/s and the ratio to the "
-        "fastest setting.",
+        "format (contiguous, channels_last), and with --compile eager and torch.compile'd, "
+        "interleaved; report images/s and the ratio to the fastest setting.",
         formatter_class=fmt,
     )
     p.add_argument("--device", type=_device, default=_default_device(), help="cpu, cuda or cuda:N")
@@ -194,6 +194,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=IMAGE_MODELS, default="resnet20", help="model")
     _chunks(p, steps=2, reps=3, each="setting")
     p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed steps per setting")
+    p.add_argument(
+        "--compile", action="store_true",
+        help="also time each setting with the model under torch.compile (model.compile)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     p.add_argument("--out-dir", default="runs/bench", help="where the JSON/CSV/markdown go")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
