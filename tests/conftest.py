@@ -15,6 +15,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def compiler_works():
+    """Skip where torch.compile cannot build a kernel (no C++ compiler, unsupported Python)."""
+    try:
+        torch.compile(lambda t: t * 2.0 + 1.0, dynamic=True, fullgraph=True)(torch.ones(4))
+    except Exception as err:
+        pytest.skip(f"torch.compile does not work on this machine: {type(err).__name__}: {err}")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` need a GPU: skipped where torch sees none (CI has none)."""
     if torch.cuda.is_available():

@@ -16,19 +16,13 @@ SHAPES = [(16, 8, 3, 3), (10,), (32, 16), (1,), (6, 4, 3, 3)]
 SGD = dict(base="sgd", K=9.0, M=2.0, eps=0.0, weight_decay=1e-2, momentum=0.9)
 ADAMW = dict(base="adamw", K=2.25, M=1.25, eps=1e-4, weight_decay=1e-2)
 
+pytestmark = pytest.mark.usefixtures("compiler_works")
+
 
 @pytest.fixture(autouse=True)
 def every_tensor_to_the_kernel(monkeypatch):
     """The CPU path leaves small tensors to the eager update; these tests' tensors are small."""
     monkeypatch.setattr(_compiled, "MIN_KERNEL_NUMEL", {"cpu": 2})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compiler_works():
-    try:
-        torch.compile(lambda t: t * 2.0 + 1.0, dynamic=True, fullgraph=True)(torch.ones(4))
-    except Exception as err:  # no C++ compiler, unsupported Python, ...
-        pytest.skip(f"torch.compile does not work on this machine: {type(err).__name__}: {err}")
 
 
 def unique_graphs() -> int:

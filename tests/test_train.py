@@ -103,6 +103,22 @@ def test_reparameterized_method_is_folded_for_evaluation(data_dir, tmp_path):
     assert result["eval"]["final"]["test_acc"] > 0.1
 
 
+@pytest.mark.usefixtures("compiler_works")
+def test_compiled_model_trains_as_the_eager_one(data_dir, tmp_path):
+    results, models = {}, {}
+    for compiled in (False, True):
+        config = tiny(
+            data_dir, "schedule.epochs=1", "eval.plots=false", f"model.compile={compiled}"
+        )
+        results[compiled] = train(config, tmp_path / str(compiled), echo=lambda _: None)["eval"]
+        models[compiled] = checkpoint.load(tmp_path / str(compiled) / "checkpoint.pt")["model"]
+    assert models[True].keys() == models[False].keys()  # the plain module's names, loadable
+    for name, tensor in models[False].items():
+        torch.testing.assert_close(models[True][name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+    eager, compiled = results[False]["final"], results[True]["final"]
+    assert compiled["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-4)
+
+
 def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(0, 100, 10, True) == pytest.approx(0.1)
     assert lr_factor(9, 100, 10, True) == 1.0
