@@ -26,8 +26,8 @@ from rewa.provenance import provenance
 from rewa.report.tables import markdown_table, write_csv, write_json
 from rewa.train.evaluation import autocast, native_bf16
 
-# untimed steps at least for a torch.compile'd model: the first compiles forward and backward, the
-# second can recompile (e.g. once the optimizer's state exists)
+# untimed steps at least for a torch.compile'd model: the first compiles forward and backward; one
+# more keeps a recompilation (a guard failing on the second call) out of the timed chunks
 COMPILED_WARMUP = 2
 
 
