@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -215,21 +216,11 @@ def _optim(args: argparse.Namespace) -> int:
     _check_names(args.profile, args.optimizer_names, "--profile")
     if args.no_compile and any("compiled" in n for n in (args.only or []) + (args.profile or [])):
         raise UsageError("--no-compile excludes the compiled optimizers named in --only/--profile")
-    result = bench_optim.run(args)
-    text = bench_optim.write(result, Path(args.out_dir))
-    if not args.quiet:
-        print(text)
-        print(f"Wrote {args.out_dir}/optim.json, optim.csv, optim.md")
-    return 0
+    return _run_and_write(bench_optim, args, "optim")
 
 
 def _train(args: argparse.Namespace) -> int:
-    result = bench_train.run(args)
-    text = bench_train.write(result, Path(args.out_dir))
-    if not args.quiet:
-        print(text)
-        print(f"Wrote {args.out_dir}/train.json, train.csv, train.md")
-    return 0
+    return _run_and_write(bench_train, args, "train")
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -237,20 +228,19 @@ def _methods(args: argparse.Namespace) -> int:
     if len(set(args.methods)) < len(args.methods):
         raise UsageError("--methods: a method is named twice")
     args.bf16 = {"true": True, "false": False}.get(args.bf16, args.bf16)
-    result = bench_methods.run(args)
-    text = bench_methods.write(result, Path(args.out_dir))
-    if not args.quiet:
-        print(text)
-        print(f"Wrote {args.out_dir}/methods.json, methods.csv, methods.md")
-    return 0
+    return _run_and_write(bench_methods, args, "methods")
 
 
 def _precision(args: argparse.Namespace) -> int:
-    result = bench_precision.run(args)
-    text = bench_precision.write(result, Path(args.out_dir))
+    return _run_and_write(bench_precision, args, "precision")
+
+
+def _run_and_write(bench: ModuleType, args: argparse.Namespace, stem: str) -> int:
+    """Run one benchmark module, write its STEM.json/.csv/.md and print its table."""
+    text = bench.write(bench.run(args), Path(args.out_dir))
     if not args.quiet:
         print(text)
-        print(f"Wrote {args.out_dir}/precision.json, precision.csv, precision.md")
+        print(f"Wrote {args.out_dir}/{stem}.json, {stem}.csv, {stem}.md")
     return 0
 
 
