@@ -35,12 +35,17 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _common(p: argparse.ArgumentParser, out_dir: str) -> None:
+def _common(
+    p: argparse.ArgumentParser, out_dir: str, *, warmup: int = 3, thread_counts: bool = False
+) -> None:
+    """The flags every benchmark takes; `thread_counts`: --threads names several to compare."""
     p.add_argument("--device", type=_device, default=_default_device(), help="cpu, cuda or cuda:N")
+    threads = {"nargs": "+", "default": [0]} if thread_counts else {"default": 0}
+    what = "thread counts to compare" if thread_counts else "threads"
     p.add_argument(
-        "--threads", type=nonneg_int, default=0, help="CPU threads for torch (0: torch's default)"
+        "--threads", type=nonneg_int, **threads, help=f"torch CPU {what} (0: torch's default)"
     )
-    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps first")
+    p.add_argument("--warmup", type=nonneg_int, default=warmup, help="untimed steps before timing")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, gradients, inputs")
     p.add_argument("--out-dir", default=out_dir, help="where the JSON/CSV/markdown go")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
@@ -183,25 +188,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         "interleaved; report images/s and the ratio to the fastest setting.",
         formatter_class=fmt,
     )
-    p.add_argument("--device", type=_device, default=_default_device(), help="cpu, cuda or cuda:N")
-    p.add_argument(
-        "--threads", type=nonneg_int, nargs="+", default=[0],
-        help="torch CPU thread counts to compare (0: torch's default)",
-    )  # fmt: skip
+    _common(p, "runs/bench", warmup=1, thread_counts=True)
     p.add_argument(
         "--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
         help="float32, and bf16 autocast of the forward pass",
     )  # fmt: skip
     p.add_argument("--model", choices=IMAGE_MODELS, default="resnet20", help="model")
     _chunks(p, steps=2, reps=3, each="setting")
-    p.add_argument("--warmup", type=nonneg_int, default=1, help="untimed steps per setting")
     p.add_argument(
         "--compile", action="store_true",
         help="also time each setting with the model under torch.compile (model.compile)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
-    p.add_argument("--out-dir", default="runs/bench", help="where the JSON/CSV/markdown go")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.set_defaults(func=_precision)
 
 
