@@ -128,6 +128,24 @@ def test_gate_mode_trains_the_long_dense_runs_only_without_pruning_or_table(tmp_
     assert load_config(run / "config.yaml").schedule.epochs == 1  # EXTRA comes last
 
 
+def test_seeds_mode_trains_a_table_run_again_with_another_seed_and_tables_it(tmp_path):
+    data = write_fake_cifar(tmp_path / "cifar", n_train=200, n_test=50)
+    done = run_script(tmp_path, data, SEEDS="1", ONLY="rewa_target_0.98_seed1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out" / "seeds"
+    (run,) = (out / "runs").iterdir()
+    assert run.name == "rewa_target_0.98_seed1"
+    config = load_config(run / "config.yaml")
+    assert config.train.seed == 1 and config.data.split_seed == 0
+    assert (run / "prune_0.98" / "prune.json").is_file() and (out / "results.md").is_file()
+
+
+def test_gate_and_seeds_modes_together_are_refused(tmp_path):
+    done = run_script(tmp_path, tmp_path / "no-data", GATE="1", SEEDS="1")
+    assert done.returncode == 2 and "one, then the other" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_table_selects_on_validation_and_reports_test(study):
     tmp, _, _ = study
     out = tmp / "out"
