@@ -68,12 +68,14 @@ GATE_RUNS=(
 )
 
 # The spread between seeds: the closest contested cells of the table (98%: steered ReWA and GMP
-# as pruned) trained again with train.seed=1 (seed 0 above; the validation split is fixed by
-# data.split_seed), to $OUT/seeds/runs with their own table.
-SEED_RUNS=(
-  "rewa_target_0.98_seed1 rewa 0.98 --target-sparsity 0.98 --set method.options.weight_decay=3.0e-5 --set train.seed=1"
-  "gmp_0.98_seed1         gmp  0.98 --set method.options.target=0.98 --set train.seed=1"
-)
+# as pruned) trained again as NAME_seed1, their STUDY entry with train.seed=1 (seed 0 there; the
+# validation split is fixed by data.split_seed), to $OUT/seeds/runs with their own table.
+SEEDED="rewa_target_0.98 gmp_0.98"
+SEED_RUNS=()
+for entry in "${STUDY[@]}"; do
+  read -r name rest <<<"$entry"
+  [[ " $SEEDED " == *" $name "* ]] && SEED_RUNS+=("${name}_seed1 $rest --set train.seed=1")
+done
 GATE=${GATE:-0}
 SEEDS=${SEEDS:-0}
 if [ "$GATE" = 1 ] && [ "$SEEDS" = 1 ]; then
