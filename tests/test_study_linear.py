@@ -203,6 +203,52 @@ def test_published_weight_decay_is_the_per_step_decay_rescaled_with_the_lr():
     assert float(opt.state[p]["y"]) == pytest.approx(y0 * (1 - 5e-5) * (1 - 2.5e-5), rel=1e-12)
 
 
+def _one_published_step(squared_loss: str):
+    """The study's first ReWA-SGD step at the published protocol (K 9, M 2, lr 2e-4, weight decay
+    0.25, momentum 0) on a small problem, one full batch: (β before, β after, the data)."""
+    import torch
+
+    from rewa.experiments.linear import fit_linear, initial_coef
+
+    cfg = study.Settings(**{**study.PUBLISHED, "squared_loss": squared_loss, "d": 50, "n": 40})
+    scenario = cfg.scenarios()[0]
+    data = scenario.data()
+    beta0 = initial_coef(data, cfg.init, 0.0, torch.Generator().manual_seed(0))
+    options = {"K": 9.0, "M": 2.0, "weight_decay": 0.25}
+    fit = fit_linear(
+        data,
+        method=lambda model: study.build_method(
+            "rewa", model, lr=2e-4, momentum=cfg.momentum, base="sgd", options=options
+        ),
+        epochs=1,
+        batch_size=cfg.n,
+        init=beta0,
+        loss=scenario.loss,
+    )
+    return beta0, fit.coef, data
+
+
+def test_published_step_is_the_authors_update():
+    """The authors' regression step, written out from METHOD.md: g = ∂/∂β mean((Xβ − y)²),
+    y ← y·(1 − κ₀) − η₀·|y|^M·g with κ₀ = 5e-5, η₀ = 2e-4 (first step: the cosine factor is 1),
+    β = sign(y)|y|^K. On ½·MSE the same numbers take half that gradient step: a different
+    iteration, which the check tells apart."""
+    import torch
+
+    beta0, beta1, data = _one_published_step("mean")
+    X, target = data.X_train.double(), data.y_train.double()
+    b0 = beta0.double()
+    g = 2.0 * X.T @ (X @ b0 - target) / X.shape[0]
+    y0 = b0.sign() * b0.abs() ** (1 / 9)
+    y1 = y0 * (1 - 5e-5) - 2e-4 * y0.abs() ** 2 * g
+    expected = y1.sign() * y1.abs() ** 9
+    moved = (expected - b0).abs().max()
+    assert moved > 1e-7  # the step is far above float32 rounding of β
+    torch.testing.assert_close(beta1.double(), expected, rtol=1e-5, atol=1e-3 * float(moved))
+    _, half, _ = _one_published_step("half")
+    assert (half.double() - expected).abs().max() > 0.2 * moved
+
+
 @pytest.fixture(scope="module")
 def published_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("published")

@@ -58,13 +58,20 @@ def initial_coef(
     raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
+LOSSES = ("mse", "mse_mean", "bce")
+
+
 def data_loss(prediction: Tensor, target: Tensor, loss: str) -> Tensor:
-    """½·mean squared error ("mse") or mean binary cross-entropy of logits ("bce")."""
+    """½·mean squared error ("mse"), the mean squared error itself ("mse_mean": torch's
+    ``MSELoss``, what the method's authors minimize; its gradient is twice the ½·MSE's) or the
+    mean binary cross-entropy of logits ("bce")."""
     if loss == "mse":
         return 0.5 * (prediction - target).pow(2).mean()
+    if loss == "mse_mean":
+        return nn.functional.mse_loss(prediction, target)
     if loss == "bce":
         return nn.functional.binary_cross_entropy_with_logits(prediction, target)
-    raise ValueError(f"loss must be 'mse' or 'bce', got {loss!r}")
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
 
 
 def linear_model(coef: Tensor) -> nn.Linear:
@@ -91,8 +98,9 @@ def fit_linear(
     on_coef: Callable[[int, Tensor], None] | None = None,
     stop_on_nonfinite: bool = True,
 ) -> LinearFit:
-    """Minimize ½·mean((Xβ − y)²) (``loss="mse"``; or the logistic loss of labels y ∈ {0, 1},
-    ``loss="bce"``) [+ penalty] by minibatches with a cosine learning rate.
+    """Minimize ½·mean((Xβ − y)²) (``loss="mse"``; mean((Xβ − y)²) with ``loss="mse_mean"``; or
+    the logistic loss of labels y ∈ {0, 1}, ``loss="bce"``) [+ penalty] by minibatches with a
+    cosine learning rate.
 
     The optimizer comes either from ``make_optimizer`` (given ``[β]``, with an optional
     ``penalty(β)`` added to the loss) or from ``method`` (given a bias-free ``nn.Linear`` holding
