@@ -164,13 +164,7 @@ def _flat(t: Tensor | None) -> Tensor | None:
     return flat.detach()
 
 
-def _dense(t: Tensor) -> bool:
-    """Contiguous, or a dense permutation of it that torch names (channels_last)."""
-    if t.is_contiguous():
-        return True
-    if t.dim() == 4:
-        return t.is_contiguous(memory_format=torch.channels_last)
-    return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
+_dense = F.dense_layout
 
 
 # On a CPU a compiled call costs ~0.1 ms of Python and guard overhead, which the eager step

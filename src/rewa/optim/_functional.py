@@ -13,8 +13,11 @@ momentum buffer (``addcmul_``), and the integer powers of the scale are chains o
 The parameter itself is ``signed_pow_into(y, K)`` (multiplications for an integer K), a fixed
 function of y, so an update that leaves y unchanged leaves x bit-for-bit unchanged.
 
-``xs=None`` means ``y`` *is* the parameter (K = 1 with a float32/float64 parameter): then every
-op is the one torch.optim.SGD / AdamW runs, in its order, so K = 1, M = 0 is bit-identical to them.
+``xs=None`` means ``y`` *is* the parameter (K = 1 with a float32/float64 parameter): then the SGD
+base runs the ops torch.optim.SGD runs, in its order, so K = 1, M = 0 is bit-identical to it; the
+AdamW base folds the bias correction into the denominator (one pass fewer), so it matches
+torch.optim.AdamW's eager step to about one ulp per step, and its fused path
+(:func:`fused_adamw_update`) is bit-identical to ``AdamW(fused=True)``.
 
 A compiled variant of the same math lives in :mod:`rewa.optim._compiled`.
 """
@@ -209,6 +212,15 @@ def update_x(xs: list[Tensor] | None, ys: list[Tensor], h: Hyper) -> None:
         signed_pow_into(xs, ys, h.K)
 
 
+def dense_layout(t: Tensor) -> bool:
+    """Contiguous, or a dense permutation of it that torch names (channels_last)."""
+    if t.is_contiguous():
+        return True
+    if t.dim() == 4:
+        return t.is_contiguous(memory_format=torch.channels_last)
+    return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 def _as_dtype(gs: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
     return gs if gs[0].dtype == dtype else [g.to(dtype) for g in gs]
 
@@ -329,6 +341,12 @@ def adamw_update(
     update_x(xs, ys, h)
 
 
+def _one_layout(tensors: tuple[Tensor, ...]) -> bool:
+    """The same strides and a dense layout: what a kernel that walks raw memory needs."""
+    first = tensors[0]
+    return dense_layout(first) and all(t.stride() == first.stride() for t in tensors[1:])
+
+
 def fused_adamw_update(
     xs: list[Tensor] | None,
     ys: list[Tensor],
@@ -343,21 +361,31 @@ def fused_adamw_update(
     seven of :func:`adamw_update`. Equal to it up to rounding (the kernel orders its arithmetic
     its own way); with K = 1, M = 0 it is bit for bit ``torch.optim.AdamW(fused=True)``.
 
-    The same overflow guard: ĝ is clamped to ±√max/2 (a ĝ that is the gradient itself is
-    clamped into a copy, never in place).
+    The kernel reads raw memory, so it steps only tensors whose y, m, v (and x, the scratch for
+    ĝ) share one dense layout; any other (a strided slice, state laid out unlike its parameter)
+    takes :func:`adamw_update`. The same overflow guard: ĝ is clamped to ±√max/2 (a ĝ that is the
+    gradient itself is clamped into a fresh tensor laid out like y, never in place).
     """
     if h.lr == 0.0:  # the kernel would still multiply y by 1 - 0 and subtract 0 (a -0 turns +0)
         adamw_update(xs, ys, gs, ms, vs, steps, h)
         return
+    lists = [ys, ms, vs] if xs is None else [ys, ms, vs, xs]
+    aligned = [_one_layout(ts) for ts in zip(*lists, strict=True)]
+    if not all(aligned):
+        apart = [i for i, ok in enumerate(aligned) if not ok]
+        pick = [i for i, ok in enumerate(aligned) if ok]
+        for keep, update in ((apart, adamw_update), (pick, fused_adamw_update)):
+            if keep:
+                sub = [None if ts is None else [ts[i] for i in keep] for ts in (xs, ys, gs, ms, vs)]
+                update(*sub, [steps[i] for i in keep], h)
+        return
     gs = _as_dtype(gs, ys[0].dtype)
     scratch = _scratch(xs, ys, h)
     ghat = _scaled_gradient(ys, gs, h, scratch)
-    if ghat is None:  # the same bound, into a copy of the gradient
+    if ghat is None:  # the same bound, into a tensor laid out like y
         bound = 0.5 * math.sqrt(torch.finfo(ys[0].dtype).max)
-        if scratch is None:
-            ghat = [g.clamp(-bound, bound) for g in gs]
-        else:
-            ghat = [torch.clamp(g, -bound, bound, out=o) for g, o in zip(gs, scratch, strict=True)]
+        outs = scratch if scratch is not None else [torch.empty_like(y) for y in ys]
+        ghat = [torch.clamp(g, -bound, bound, out=o) for g, o in zip(gs, outs, strict=True)]
     torch._fused_adamw_(
         ys,
         ghat,

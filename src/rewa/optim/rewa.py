@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from itertools import accumulate, chain
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rewa.optim import _compiled
+from rewa.optim import _compiled, _writes
 from rewa.optim import _functional as F
 from rewa.sparsity import dtensor_type, is_dtensor, local_part, local_parts
 
@@ -25,9 +24,6 @@ BASES = ("sgd", "adamw")
 # a 32 MiB-L3 CPU: 9.8 ms per AdamW-base step on the LLaMA shapes against 11.5 tensor by tensor
 # and 11.6 all together (ResNet-18 shapes: 38.5, 42.2, 55.1 ms).
 CPU_GROUP_BYTES = 2 << 20
-# Positions per tensor compared with what the optimizer last wrote, to notice writes through
-# p.data (the version counter does not see them): a 32 x 32 grid (see _sample_grid).
-WRITE_SAMPLES = 32 * 32
 # State that is kept in the master precision, not in the parameter's dtype.
 _MASTER_KEYS = ("y", "momentum_buffer", "exp_avg", "exp_avg_sq")
 
@@ -54,143 +50,162 @@ def _local_grads(params: list[Tensor]) -> list[Tensor]:
     return [_local_grad(p) for p in params]
 
 
+_REAL = ("lr", "K", "M", "eps", "weight_decay", "momentum", "adam_eps")
+
+
 def validate_hyperparameters(group: dict[str, Any]) -> None:
-    """Raise ValueError naming the first invalid hyperparameter of ``group`` and its valid range."""
+    """Raise ValueError naming the first invalid hyperparameter of ``group`` and its valid range.
 
-    def check(name: str, ok: bool, valid: str) -> None:
-        if not ok:
-            raise ValueError(f"ReWA: invalid {name}={group[name]!r}; valid range: {valid}")
+    Cheap enough to run at every step (a few µs per group), so that values changed in
+    ``param_groups`` after construction (by a scheduler or by hand) are checked too."""
 
-    def real(name: str) -> float:
+    def fail(name: str, value: Any, valid: str) -> None:
+        raise ValueError(f"ReWA: invalid {name}={value!r}; valid: {valid}")
+
+    values = {}
+    for name in _REAL:
         value = group[name]
-        if isinstance(value, Tensor):
+        if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"ReWA: {name} must be a real number, got {value!r}")
-        return float(value)
-
-    check("base", group["base"] in BASES, f"one of {', '.join(BASES)}")
-    check("lr", real("lr") >= 0.0, "lr >= 0")
-    check("K", real("K") >= 1.0, "K >= 1 (any real)")
-    check("M", real("M") >= 0.0, "M >= 0 (any real; sensible M <= K - 1)")
-    check("eps", real("eps") >= 0.0, "eps >= 0")
-    check("weight_decay", real("weight_decay") >= 0.0, "weight_decay >= 0")
-    check("momentum", 0.0 <= real("momentum") < 1.0, "0 <= momentum < 1")
+            fail(name, value, "a real number")
+        if not math.isfinite(value):
+            fail(name, value, "a finite number")
+        values[name] = float(value)
+    if group["base"] not in BASES:
+        fail("base", group["base"], f"one of {', '.join(BASES)}")
+    for name, ok, valid in (
+        ("lr", values["lr"] >= 0.0, "lr >= 0"),
+        ("K", values["K"] >= 1.0, "K >= 1 (any real)"),
+        ("M", values["M"] >= 0.0, "M >= 0 (any real; sensible M < K - 1)"),
+        ("eps", values["eps"] >= 0.0, "eps >= 0"),
+        ("weight_decay", values["weight_decay"] >= 0.0, "weight_decay >= 0"),
+        ("momentum", 0.0 <= values["momentum"] < 1.0, "0 <= momentum < 1"),
+    ):
+        if not ok:
+            fail(name, group[name], valid)
+    if group["base"] == "adamw" and not values["adam_eps"] > 0.0:
+        # ReWA makes exact zeros, where ĝ = m = v = 0 and Adam's m / (√v + 0) is 0/0
+        fail("adam_eps", group["adam_eps"], "adam_eps > 0 with base='adamw'")
     betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"ReWA: betas must be a pair (beta1, beta2), got {betas!r}")
+        fail("betas", betas, "a pair (beta1, beta2)")
     for i, beta in enumerate(betas):
-        if not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"ReWA: invalid betas[{i}]={beta!r}; valid range: 0 <= beta < 1")
-    check("adam_eps", real("adam_eps") >= 0.0, "adam_eps >= 0")
-    fused = group.get("fused")
-    check("fused", fused in (None, False, True), "None, False or True")
-    if fused:
-        check("fused", group["base"] == "adamw", "True only with base='adamw' (None: automatic)")
-        check("fused", not group.get("foreach"), "not True together with foreach=True")
-        check("fused", not group.get("compile"), "not True together with compile=True")
-    for name in ("lr", "K", "M", "eps", "weight_decay", "momentum", "adam_eps"):
-        check(name, abs(real(name)) != float("inf") and real(name) == real(name), "a finite number")
+        if isinstance(beta, Tensor) and beta.numel() == 1:
+            beta = beta.item()
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+            fail(f"betas[{i}]", beta, "a real number, 0 <= beta < 1")
+    for name in ("foreach", "fused"):
+        if not any(group.get(name) is v for v in (None, False, True)):
+            fail(name, group[name], "None, False or True")
+    for name in ("compile", "detect_writes"):
+        if not isinstance(group.get(name, False), bool):
+            fail(name, group[name], "False or True")
+    if group.get("fused"):
+        if group["base"] != "adamw":
+            fail("fused", True, "True only with base='adamw' (None: automatic)")
+        if group.get("foreach") or group.get("compile"):
+            fail("fused", True, "not True together with foreach=True or compile=True")
 
 
-def _sample_grid(n: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """Where the write check looks among ``n`` elements (in storage order): None for every
-    element (a small tensor), else the size and strides of a 32 x 32 view of WRITE_SAMPLES
-    positions: 32 runs spread evenly over the whole tensor, each of 32 samples ``step`` apart.
-    ``step`` (at most n / 1024) is prime to 2 and 3, so that the samples of a run fall in turn on
-    every position of a 3x3 kernel and on odd and even columns; and since the runs start at
-    spacings unrelated to the row length, a single edited row or column of a matrix meets some
-    sample (every row and at least half of the columns of the shapes in tests/test_idioms.py)."""
-    if n <= WRITE_SAMPLES:
-        return None
-    step = n // WRITE_SAMPLES
-    while step > 1 and math.gcd(step, 6) != 1:
-        step -= 1
-    run_stride = (n - 1 - 31 * step) // 31  # > 31 * step: runs do not overlap; the last ends < n
-    return (32, 32), (run_stride, step)
-
-
-@functools.lru_cache(maxsize=1024)
-def _sample_positions(n: int, device: torch.device) -> Tensor:
-    """The positions of :func:`_sample_grid` as indices (for tensors that are not dense)."""
-    grid = _sample_grid(n)
-    if grid is None:
-        return torch.arange(n, device=device)
-    (rows, cols), (row_stride, col_stride) = grid
-    a = torch.arange(rows, device=device).view(-1, 1)
-    b = torch.arange(cols, device=device).view(1, -1)
-    return (a * row_stride + b * col_stride).view(-1)
-
-
-def _probe(t: Tensor) -> Tensor | None:
-    """A view of ``t`` at the sampled positions (storage order), made once and read at every
-    step without a gather; None when its elements do not fill a dense block."""
-    if not _compiled._dense(t):
-        return None
-    flat = _compiled._flat(t)  # detached: no autograd view of the parameter (it outlives the step)
-    grid = _sample_grid(flat.numel())
-    return flat if grid is None else flat.as_strided(*grid, flat.storage_offset())
-
-
-def _read(t: Tensor, probe: Tensor | None) -> Tensor:
-    """The sampled entries of ``t``: its probe (a view), or a gather for a tensor without one."""
-    return probe if probe is not None else torch.take(t, _sample_positions(t.numel(), t.device))
-
-
-def _concat(ts: list[Tensor]) -> list[Tensor]:
-    """``ts`` concatenated: one tensor for each device, dtype and kind of sample (32 x 32 grids,
-    whole small tensors)."""
-    kinds: dict[tuple[Any, ...], list[Tensor]] = defaultdict(list)
-    for t in ts:
-        kinds[(t.device, t.dtype, t.dim())].append(t)
-    return [torch.cat(k) for k in kinds.values()]
-
-
-def _same_bits(a: Tensor, b: Tensor) -> bool:
-    bits = _BITS.get(a.dtype.itemsize)
-    return bits is not None and torch.equal(a.view(bits), b.view(bits))
-
-
-_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _differ(now: list[Tensor], then: list[Tensor]) -> list[bool]:
-    """Whether each now[i] differs from then[i] bit for bit (so a NaN equals itself), read with
-    one host sync per device and dtype; a few ops in all, not a few per tensor."""
-    out = [False] * len(now)
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-    for i, t in enumerate(now):
-        groups[(t.device, t.dtype)].append(i)
-    for (device, dtype), rows in groups.items():
-        bits = _BITS.get(dtype.itemsize)
-        a = torch.cat([now[i] for i in rows])
-        b = torch.cat([then[i] for i in rows])
-        unequal = (a.view(bits) != b.view(bits)) if bits else ~((a == b) | (a.isnan() & b.isnan()))
-        # differences up to the end of each tensor's samples: a running count read at the ends
-        ends = [0, *accumulate(now[i].numel() for i in rows)]
-        running = torch.cat([unequal.new_zeros(1, dtype=torch.int64), unequal.cumsum(0)])
-        at = running[torch.tensor(ends, device=device)].tolist()
-        for i, before, after in zip(rows, at, at[1:], strict=False):
-            out[i] = after > before
-    return out
+def _warn_outside_sensible_range(group: dict[str, Any]) -> None:
+    K, M = float(group["K"]), float(group["M"])
+    if M > K - 1.0:
+        warnings.warn(
+            f"ReWA: M={M:g} > K - 1 = {K - 1:g}: the adaptive scale |y|^M then shrinks faster "
+            "near 0 than plain reparameterization's, outside the sensible range 0 <= M < K - 1 "
+            "of METHOD.md",
+            stacklevel=3,
+        )
 
 
 def trust_parameters(optimizer: Optimizer) -> None:
     """Turn off ReWA's check for writes through ``p.data`` in every group of ``optimizer`` (a
     no-op for other optimizers): for training loops that never write parameters that way, it
-    spares reading 1,024 entries of each tensor twice per step and, on a GPU, a host sync."""
+    spares reading about 1,024 + max(shape) entries of each tensor twice per step and, on a GPU,
+    a host sync."""
     for group in optimizer.param_groups:
         if "detect_writes" in group:
             group["detect_writes"] = False
 
 
-class _Written(NamedTuple):
-    """A parameter (its local shard) as the optimizer left it."""
+def _needed_state(group: dict[str, Any], p: Tensor) -> tuple[str, ...]:
+    """The state a parameter of ``group`` has after its first step."""
+    keys = ["y"] if float(group["K"]) != 1.0 or p.dtype != master_dtype(p.dtype) else []
+    if group["base"] == "adamw":
+        keys += ["exp_avg", "exp_avg_sq"]
+    elif float(group["momentum"]) != 0.0:
+        keys.append("momentum_buffer")
+    return tuple(keys)
 
-    version: int
-    data_ptr: int
-    probe: Tensor | None  # a view of the sampled positions (None: gathered, or not detecting)
-    sample: Tensor | None  # the values the optimizer wrote there (None: not detecting)
+
+def check_state_dict(
+    state_dict: dict[str, Any], groups: list[dict[str, Any]]
+) -> list[tuple[Any, Tensor]]:
+    """(saved id, parameter) pairs of ``state_dict`` for ``groups``, or a ValueError that says
+    what does not fit."""
+    saved_groups = state_dict.get("param_groups")
+    if not isinstance(saved_groups, list) or not isinstance(state_dict.get("state"), dict):
+        raise ValueError("ReWA.load_state_dict: not an optimizer state dict (state, param_groups)")
+    if len(saved_groups) != len(groups):
+        raise ValueError(
+            f"ReWA.load_state_dict: the state dict has {len(saved_groups)} parameter group(s), "
+            f"this optimizer {len(groups)}"
+        )
+    pairs = []
+    for g, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(
+                f"ReWA.load_state_dict: group {g} of the state dict has {len(saved['params'])} "
+                f"parameters, this optimizer's {len(group['params'])}"
+            )
+        hyper = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+        try:
+            validate_hyperparameters(hyper)
+        except ValueError as e:
+            raise ValueError(f"ReWA.load_state_dict: group {g}: {e}") from None
+        for i, (saved_id, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
+            _check_param_state(state_dict["state"].get(saved_id), p, hyper, f"group {g}, #{i}")
+            pairs.append((saved_id, p))
+    return pairs
+
+
+def _check_param_state(state: Any, p: Tensor, group: dict[str, Any], where: str) -> None:
+    if not state:
+        return  # never stepped: the next step makes its state
+    where = f"ReWA.load_state_dict: parameter {where} (shape {tuple(p.shape)})"
+    for key in _needed_state(group, p):
+        if key not in state and "step" in state:
+            raise ValueError(
+                f"{where}: its state has no {key!r}, which this group keeps (base "
+                f"{group['base']!r}, K={group['K']:g}); the state dict is from another optimizer "
+                "or other settings"
+            )
+    for key in _MASTER_KEYS:
+        value = state.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{where}: state {key!r} must be a floating-point tensor, not {kind}")
+        if value.shape != p.shape:
+            raise ValueError(f"{where}: state {key!r} has shape {tuple(value.shape)}")
+
+
+def _match_layout(p: Tensor, state: dict[str, Any]) -> None:
+    """Lay the state out in memory as the parameter is (after ``model.to(channels_last)`` with
+    state already made, or a state dict saved from another layout): the fused and compiled
+    kernels step only tensors of equal strides (others take the slower eager ops). One state
+    tensor is checked per step; the rest were laid out with it."""
+    key = next((k for k in _MASTER_KEYS if k in state), None)
+    if key is None or is_dtensor(p) or state[key].stride() == p.stride():
+        return
+    if not F.dense_layout(p):
+        return
+    for k in _MASTER_KEYS:
+        t = state.get(k)
+        if isinstance(t, Tensor) and t.shape == p.shape and t.stride() != p.stride():
+            state[k] = torch.empty_like(p, dtype=t.dtype).copy_(t)
 
 
 class ReWA(Optimizer):
@@ -209,11 +224,12 @@ class ReWA(Optimizer):
     at the next step wherever ``p`` no longer equals ``sign(y)|y|^K``: in-place writes under
     ``torch.no_grad()`` (pruning, ``model.load_state_dict``), rebinding ``p.data = t``, and
     in-place writes through ``p.data`` (``p.data[mask] = 0``), which torch's version counter does
-    not see and which are found by comparing a fixed sample of 1,024 positions of each tensor with
-    what the optimizer wrote there (``detect_writes``). An edit of a few isolated entries of a
-    large tensor can fall between the samples (an edit of 0.5% of the entries is found with
-    probability 99.4%, one of 2% with certainty for practical purposes): after such an edit call
-    :meth:`resync`.
+    not see and which are found by comparing a fixed sample of each tensor with what the optimizer
+    wrote there (``detect_writes``; :mod:`rewa.optim._writes`): the sample holds every index of
+    every dimension, so an edit that changes a whole row, column or channel is always found; an
+    edit of a few isolated entries of a large tensor can fall between the samples: after such an
+    edit call :meth:`resync`. After :meth:`load_state_dict`, y is merged with the parameters at
+    the next step, so an edit made between the load and the step is kept.
 
     Args:
         params: parameters or parameter groups (every argument below may be set per group).
@@ -237,9 +253,9 @@ class ReWA(Optimizer):
         compile: run each step as ``torch.compile``d kernels, one fused pass over memory per
             tensor (CPU) or per device and dtype (GPU). Equal to the eager step up to rounding;
             the first step compiles (seconds to a minute), later ones reuse the kernels.
-        detect_writes: notice in-place writes through ``p.data`` (a sample of 1,024 entries
-            per tensor read twice per step and, on a GPU, one host sync). A training loop that
-            never writes through ``.data`` can turn it off.
+        detect_writes: notice in-place writes through ``p.data`` (a sample of about
+            1,024 + max(shape) entries per tensor read twice per step and, on a GPU, one host
+            sync). A training loop that never writes through ``.data`` can turn it off.
     """
 
     def __init__(
@@ -279,13 +295,16 @@ class ReWA(Optimizer):
         # Each parameter right after our last write (its shard's, for a DTensor: the DTensor's own
         # counter does not see writes to the shard): anything else seen at the next step means
         # someone else wrote into the parameter, and y must follow.
-        self._written: dict[Tensor, _Written] = {}
+        self._written: dict[Tensor, _writes.Written] = {}
+        # Parameters whose y came from a state dict or a pickle and has not been stepped since.
+        self._loaded: set[Tensor] = set()
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         validate_hyperparameters(self.param_groups[-1])
         group = self.param_groups[-1]
+        _warn_outside_sensible_range(group)
         for p in group["params"]:
             if p.is_complex() or not p.is_floating_point():
                 raise ValueError("ReWA: parameters must be real floating-point tensors")
@@ -295,6 +314,8 @@ class ReWA(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_written", {})
+        self.__dict__.setdefault("_loaded", set())
+        self._loaded.update(p for group in self.param_groups for p in group["params"])
 
     # ------------------------------------------------------------------ state
 
@@ -316,46 +337,32 @@ class ReWA(Optimizer):
         for key in needed:
             if key not in state:
                 state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        _match_layout(p, state)
 
     def _written_elsewhere(self, params: list[Tensor], group: dict[str, Any]) -> list[Tensor]:
         """The parameters (with a master y) that were written outside the optimizer since its
-        last write: a new version counter (in-place writes under ``torch.no_grad()``, e.g.
-        ``load_state_dict``), new storage (``p.data = t``), or, with ``detect_writes``, a sampled
-        position that no longer holds what the optimizer wrote (in-place writes through
-        ``p.data``, which bypass the version counter)."""
-        changed, suspects, now, then = [], [], [], []
-        detect = group.get("detect_writes", True)
-        for p, local in zip(params, local_parts(params), strict=True):
-            seen = self._written.get(p)
-            if seen is None or "y" not in self.state[p]:
-                continue
-            if local._version != seen.version or local.data_ptr() != seen.data_ptr:
-                changed.append(p)
-            elif seen.sample is not None and detect:
-                suspects.append(p)
-                now.append(_read(local, seen.probe))
-                then.append(seen.sample)
-        if suspects and not all(map(_same_bits, _concat(now), _concat(then))):
-            flat_now = [t.reshape(-1) for t in now]
-            flat_then = [t.reshape(-1) for t in then]
-            changed += [p for p, d in zip(suspects, _differ(flat_now, flat_then), strict=True) if d]
-        return changed
+        last write (see :mod:`rewa.optim._writes`), and those whose y was loaded from a state
+        dict or a pickle since: the parameter may have been edited after the load (a resume,
+        then a prune), and y must follow what it holds now."""
+        mastered = [p for p in params if "y" in self.state[p]]
+        if not mastered:
+            return []
+        records = [self._written.get(p) for p in mastered]
+        detect = bool(group.get("detect_writes", True))
+        seen = _writes.written_since(local_parts(mastered), records, detect)
+        return [
+            p
+            for p, record, changed in zip(mastered, records, seen, strict=True)
+            if changed or (record is None and p in self._loaded)
+        ]
 
     def _remember_writes(self, params: list[Tensor], group: dict[str, Any]) -> None:
         """Record what each parameter looks like right after this step's write."""
         mastered = [p for p in params if "y" in self.state[p]]
-        if not mastered:
-            return
-        locals_ = local_parts(mastered)
-        detect = group.get("detect_writes", True)
-        for p, local in zip(mastered, locals_, strict=True):
-            seen = self._written.get(p)
-            probe, sample = None, None
-            if detect:
-                same_storage = seen is not None and seen.data_ptr == local.data_ptr()
-                probe = seen.probe if same_storage and seen.probe is not None else _probe(local)
-                sample = _read(local, probe).clone()
-            self._written[p] = _Written(local._version, local.data_ptr(), probe, sample)
+        detect = bool(group.get("detect_writes", True))
+        for p, local in zip(mastered, local_parts(mastered), strict=True):
+            self._written[p] = _writes.record(local, detect)
+            self._loaded.discard(p)
 
     def _merge_y(self, p: Tensor, group: dict[str, Any]) -> None:
         """Follow an outside write to ``p``: y is re-derived from p where p no longer equals
@@ -378,13 +385,17 @@ class ReWA(Optimizer):
                     self._merge_y(p, group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, checked first: the same number of groups and parameters,
+        valid hyperparameters, and for each parameter the state its group keeps (y, momentum
+        or Adam's moments), floating point and of the parameter's shape; else a ValueError
+        naming the parameter. Master copies keep their float32/float64 precision. Each y is
+        merged with its parameter at the next step, so an edit made between the load and the
+        step (resume, then prune) is kept."""
+        pairs = check_state_dict(state_dict, self.param_groups)
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
         # torch casts every floating state tensor to the parameter's dtype; master copies of a
         # bfloat16/float16 parameter must keep their float32 precision, so restore them after.
-        saved_state = state_dict["state"]
-        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        pairs = list(zip(saved_ids, params, strict=True))
-        super().load_state_dict(state_dict)
         for saved_id, p in pairs:
             for key in _MASTER_KEYS:
                 value = saved_state.get(saved_id, {}).get(key)
@@ -393,6 +404,7 @@ class ReWA(Optimizer):
                         device=p.device, dtype=master_dtype(p.dtype), copy=True
                     )
         self._written = {}
+        self._loaded = {p for _, p in pairs}
 
     # ------------------------------------------------------------------ step
 
@@ -439,10 +451,10 @@ class ReWA(Optimizer):
         if group.get("foreach") is not None or any(p.device.type != "cpu" for p in params):
             return [params] if self._use_foreach(group, params) else [[p] for p in params]
         groups: list[list[Tensor]] = []
-        size = CPU_GROUP_BYTES
+        size = 0
         for p in params:
             nbytes = p.numel() * p.element_size()
-            if size + nbytes > CPU_GROUP_BYTES:
+            if not groups or size + nbytes > CPU_GROUP_BYTES:
                 groups.append([])
                 size = 0
             groups[-1].append(p)
@@ -464,6 +476,7 @@ class ReWA(Optimizer):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
+        validate_hyperparameters(group)  # a scheduler or a user may have changed them
         for p in params:
             if p.grad.is_sparse:
                 raise RuntimeError("ReWA does not support sparse gradients")

@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,18 +122,25 @@ def quarantine(path: str | Path) -> Path:
     return target
 
 
-def load_latest_good(directory: str | Path) -> Loaded | None:
-    """The newest checkpoint in ``directory`` that passes its checksum, or None if there is none.
+def load_latest_good(
+    directory: str | Path, fits: Callable[[dict[str, Any]], None] | None = None
+) -> Loaded | None:
+    """The newest checkpoint in ``directory`` that passes its checksum (and ``fits``, which
+    raises :class:`CheckpointError` for a payload that does not fit the run: another model's
+    checkpoint with a valid checksum), or None if there is none.
 
-    Raises :class:`CheckpointError` when checkpoints exist but none of them is readable.
+    Raises :class:`CheckpointError` when checkpoints exist but none of them is usable.
     """
     problems = []
     found = list(candidates(directory))
     for path in found:
         try:
-            return Loaded(load(path), path, problems)
+            payload = load(path)
+            if fits is not None:
+                fits(payload)
+            return Loaded(payload, path, problems)
         except CheckpointError as err:
-            problems.append(str(err))
+            problems.append(f"{path.name}: {err}" if path.name not in str(err) else str(err))
     if problems:
         raise CheckpointError(
             "no usable checkpoint: " + "; ".join(problems) + " (use --force to start over)"

@@ -27,7 +27,7 @@ from rewa.control import caution
 from rewa.errors import UsageError
 from rewa.methods import SparseMethod, build_method
 from rewa.models import build_model
-from rewa.optim.rewa import trust_parameters
+from rewa.optim.rewa import ReWA, check_state_dict, trust_parameters
 from rewa.provenance import provenance
 from rewa.sparsity import sparsity_report, unwrap
 from rewa.train import checkpoint, distributed, sparse_hooks
@@ -310,6 +310,28 @@ class Trainer:
             "counters": {"nonfinite_skipped": self.nonfinite_skipped},
         }
 
+    def fits(self, payload: dict[str, Any]) -> None:
+        """Raise CheckpointError, in one line, if ``payload`` is not a checkpoint of this run's
+        model and optimizer (a valid file of another run: a wider model, other groups)."""
+        if payload.get("format") != FORMAT:
+            found = payload.get("format")
+            raise checkpoint.CheckpointError(f"unsupported checkpoint format {found}")
+        ours, theirs = unwrap(self.model).state_dict(), payload.get("model", {})
+        for name in sorted(ours.keys() | theirs.keys()):
+            if name not in ours or name not in theirs:
+                where = "the model" if name not in ours else "the checkpoint"
+                raise checkpoint.CheckpointError(f"does not fit this run: {where} has no {name!r}")
+            if tuple(theirs[name].shape) != tuple(ours[name].shape):
+                raise checkpoint.CheckpointError(
+                    f"does not fit this run: {name} has shape {tuple(theirs[name].shape)}, "
+                    f"the model's {tuple(ours[name].shape)}"
+                )
+        if isinstance(self.method.optimizer, ReWA):
+            try:
+                check_state_dict(payload.get("optimizer", {}), self.method.optimizer.param_groups)
+            except ValueError as err:
+                raise checkpoint.CheckpointError(f"does not fit this run: {err}") from None
+
     def restore(self, payload: dict[str, Any]) -> None:
         if payload.get("format") != FORMAT:
             found = payload.get("format")
@@ -328,7 +350,7 @@ class Trainer:
     def resume_from_checkpoint(self) -> bool:
         """Load the newest good checkpoint; returns False when there is none."""
         # rank 0 reads the run directory (it need not be shared) and sends the state to all ranks
-        loaded = distributed.on_main(lambda: checkpoint.load_latest_good(self.root))
+        loaded = distributed.on_main(lambda: checkpoint.load_latest_good(self.root, self.fits))
         if loaded is None:
             return False
         for problem in loaded.problems:
