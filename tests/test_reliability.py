@@ -125,6 +125,40 @@ def test_nonfinite_stop_keeps_checkpoint_and_corrupt_latest_falls_back(
     assert_same_state(checkpoint.load(root / checkpoint.LATEST), reference[1])
 
 
+def test_a_valid_checkpoint_of_another_model_falls_back_in_one_line(
+    data_dir, reference, tmp_path, monkeypatch
+):
+    """A newest checkpoint with a valid checksum from another run (a wider model) is not this
+    run's: resume says so in one line and falls back to the previous one; when no checkpoint
+    fits, the error is one line (issue 33, D5)."""
+    root = tmp_path / "run"
+    monkeypatch.setenv("REWA_TEST_NONFINITE_STEPS", str(MID_EPOCH_3))
+    with pytest.raises(NonFiniteError):
+        train(config(data_dir), root, echo=silent)
+    monkeypatch.delenv("REWA_TEST_NONFINITE_STEPS")
+
+    def widen(path):
+        payload = checkpoint.load(path)
+        name = next(k for k, v in payload["model"].items() if v.dim() == 4)
+        wider = payload["model"][name]
+        payload["model"][name] = torch.zeros(2 * wider.shape[0], *wider.shape[1:])
+        checkpoint.atomic_write_bytes(path, checkpoint.encode(payload))
+        return name
+
+    name = widen(root / checkpoint.LATEST)
+    messages = []
+    train(config(data_dir), root, resume=True, echo=messages.append)
+    assert any(f"does not fit this run: {name} has shape" in m for m in messages)
+    assert any("falling back to checkpoint.prev.pt" in m for m in messages)
+    assert_same_state(checkpoint.load(root / checkpoint.LATEST), reference[1])
+
+    for path in (root / checkpoint.LATEST, root / checkpoint.PREVIOUS):
+        widen(path)
+    with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint") as err:
+        train(config(data_dir), root, resume=True, echo=silent)
+    assert "\n" not in str(err.value)
+
+
 def test_deferred_nonfinite_check_stops_before_the_next_checkpoint(data_dir, tmp_path, monkeypatch):
     """On a GPU the loop checks for non-finite steps only at log steps and epoch ends (no host
     sync per step): a NaN step is still reported with its step, and no checkpoint is written

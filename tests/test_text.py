@@ -132,6 +132,33 @@ def test_rewa_train_runs_the_language_model_task(text_dir, tmp_path, method):
     assert points[0.9]["val_loss"] > points[0.0]["val_loss"]  # pruning 90% costs loss
 
 
+def test_rewa_export_of_a_language_model_run_feeds_it_tokens(text_dir, tmp_path):
+    """`rewa export` on a language-model run checks the round trip on token ids (it fed images
+    to a token model, with a traceback after writing half its files)."""
+    from rewa.cli import main
+
+    config = load_config(
+        None,
+        [
+            "data.dataset=tinyshakespeare", f"data.data_dir={text_dir}", "data.download=false",
+            "data.batch_size=8", "data.block_size=16", "data.eval_batch_size=16",
+            "model.name=llama", "model.options={dim: 16, layers: 1, heads: 2}",
+            "method.name=rewa", "method.base=adamw", "method.lr=3e-3",
+            "method.options={weight_decay: 0.1}", "schedule.epochs=1", "eval.test=false",
+            "eval.thresholds=[]", "eval.target_sparsities=[]", "eval.plots=false",
+            "output.progress=false", "output.tensorboard=false", "train.threads=1",
+        ],
+    )  # fmt: skip
+    train(config, tmp_path / "run", echo=lambda _: None)
+    out = tmp_path / "export"
+    args = ["export", str(tmp_path / "run"), "--out", str(out), "--batch-sizes", "1,2"]
+    assert main([*args, "--repeats", "2"]) == 0
+    result = json.loads((out / "export.json").read_text())
+    assert result["round_trip_outputs_identical"]
+    assert [r["batch"] for r in result["latency"]["rows"]] == [1, 2]
+    assert result["latency"]["rows"][0]["max_abs_output_diff"] < 1e-4
+
+
 def test_study_script_trains_prunes_fine_tunes_and_samples(text_dir, tmp_path):
     """scripts/tinyshakespeare.sh at toy size: two methods, pruning at 50-90% with the short
     masked fine-tuning, then `rewa study lm`: the table, the plot and text samples."""

@@ -37,14 +37,48 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def is_weight_layer(module: nn.Module) -> bool:
+    """A convolution or linear layer: torch's, or transformers' ``Conv1D`` (GPT-2's linear
+    layers, a weight of shape (in, out)), recognised by name so that transformers need not be
+    installed."""
+    if isinstance(module, WEIGHT_LAYERS):
+        return True
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == "Conv1D" and isinstance(weight, Tensor) and weight.dim() == 2
+
+
+def _dense_by_default(root: nn.Module) -> set[int]:
+    """ids of the weight layers left dense unless marked ``rewa_sparsify = True``: a language
+    model's output embeddings (``get_output_embeddings()`` of a transformers model) and any layer
+    whose weight is tied to an ``nn.Embedding`` (GPT-2's LM head is the token embedding)."""
+    embeddings = {id(m.weight) for m in root.modules() if isinstance(m, nn.Embedding)}
+    dense = {
+        id(m)
+        for m in root.modules()
+        if is_weight_layer(m) and id(m._parameters.get("weight")) in embeddings
+    }
+    output = getattr(root, "get_output_embeddings", None)
+    head = output() if callable(output) else None
+    if isinstance(head, nn.Module):
+        dense.add(id(head))
+    return dense
+
+
 def weight_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) for every convolution and linear layer of ``model``, except layers marked
-    ``rewa_sparsify = False`` (a language model's output head, say), which stay dense."""
-    return [
-        (name, m)
-        for name, m in unwrap(model).named_modules()
-        if isinstance(m, WEIGHT_LAYERS) and getattr(m, "rewa_sparsify", True)
-    ]
+    """(name, module) for every layer whose weight is sparsified: convolution and linear layers
+    (transformers' ``Conv1D`` included), except a language model's output embeddings and layers
+    tied to an embedding, and except layers marked ``rewa_sparsify = False``; any module with a
+    ``weight`` marked ``rewa_sparsify = True`` is included (:func:`rewa.param_groups`'s
+    ``include=`` / ``exclude=`` set these marks)."""
+    root = unwrap(model)
+    dense = _dense_by_default(root)
+    out = []
+    for name, m in root.named_modules():
+        mark = getattr(m, "rewa_sparsify", None)
+        marked_in = mark is True and isinstance(getattr(m, "weight", None), Tensor)
+        if marked_in or (mark is None and is_weight_layer(m) and id(m) not in dense):
+            out.append((name, m))
+    return out
 
 
 def sparsifiable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -328,12 +328,16 @@ def prune_summary(result: dict[str, Any], out: Path) -> str:
 # ---------------------------------------------------------------- rewa export
 
 
-def input_shape(config: Any) -> tuple[int, int, int]:
-    from rewa.train.datasets import FOLDER_DATASETS
+def example_input(config: Any, classes: int, batch: int, seed: int) -> torch.Tensor:
+    """A batch of the inputs the run's model takes: token ids for a language model (its
+    vocabulary is its number of classes), else images of the dataset's size."""
+    from rewa.train.datasets import FOLDER_DATASETS, TEXT_DATASETS
 
-    if config.data.dataset in FOLDER_DATASETS:
-        return (3, config.data.image_size, config.data.image_size)
-    return (3, 32, 32)
+    gen = torch.Generator().manual_seed(seed)
+    if config.data.dataset in TEXT_DATASETS:
+        return torch.randint(classes, (batch, config.data.block_size), generator=gen)
+    size = config.data.image_size if config.data.dataset in FOLDER_DATASETS else 32
+    return torch.randn(batch, 3, size, size, generator=gen)
 
 
 def export(args: argparse.Namespace, echo=print) -> dict[str, Any]:
@@ -362,7 +366,7 @@ def export(args: argparse.Namespace, echo=print) -> dict[str, Any]:
     files["model_sparse.pt"] = save_sparse(state, sparse_path, meta)
     # the sparse file must give back exactly the model: same architecture, same outputs
     reloaded = exported_model(sparse_path)
-    x = torch.randn(8, *input_shape(config), generator=torch.Generator().manual_seed(0))
+    x = example_input(config, classes, 8, seed=0)
     with torch.inference_mode():
         exact = bool(torch.equal(reloaded(x), model(x)))
     if args.format == "dense":
@@ -386,7 +390,7 @@ def export(args: argparse.Namespace, echo=print) -> dict[str, Any]:
             re_acc = accuracies(reloaded, config, torch.device("cpu"))
             result["accuracy"] = {"model": acc, "exported": re_acc, "equal": acc == re_acc}
     if not args.no_latency:
-        result["latency"] = measure_latency(model, config, args, echo)
+        result["latency"] = measure_latency(model, config, classes, args, echo)
     write_json(out / "export.json", result)
     (out / "export.md").write_text(export_markdown(result))
     echo(export_markdown(result))
@@ -403,11 +407,11 @@ def exported_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def measure_latency(model: nn.Module, config: Any, args, echo) -> dict[str, Any]:
+def measure_latency(model: nn.Module, config: Any, classes: int, args, echo) -> dict[str, Any]:
     sparse_model, dense_left = sparse_inference_model(model)
     rows = []
     for batch in args.batch_sizes:
-        x = torch.randn(batch, *input_shape(config), generator=torch.Generator().manual_seed(1))
+        x = example_input(config, classes, batch, seed=1)
         with torch.inference_mode():
             max_diff = float((sparse_model(x) - model(x)).abs().max())
         dense = latency(lambda x=x: model(x), repeats=args.repeats)

@@ -50,7 +50,8 @@ def _local_grads(params: list[Tensor]) -> list[Tensor]:
     return [_local_grad(p) for p in params]
 
 
-_REAL = ("lr", "K", "M", "eps", "weight_decay", "momentum", "adam_eps")
+_REAL = ("lr", "K", "M", "eps", "weight_decay", "momentum")
+_ADAM_KEYS = ("betas", "adam_eps")
 
 
 def validate_hyperparameters(group: dict[str, Any]) -> None:
@@ -84,17 +85,8 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     ):
         if not ok:
             fail(name, group[name], valid)
-    if group["base"] == "adamw" and not values["adam_eps"] > 0.0:
-        # ReWA makes exact zeros, where ĝ = m = v = 0 and Adam's m / (√v + 0) is 0/0
-        fail("adam_eps", group["adam_eps"], "adam_eps > 0 with base='adamw'")
-    betas = group["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        fail("betas", betas, "a pair (beta1, beta2)")
-    for i, beta in enumerate(betas):
-        if isinstance(beta, Tensor) and beta.numel() == 1:
-            beta = beta.item()
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-            fail(f"betas[{i}]", beta, "a real number, 0 <= beta < 1")
+    if group["base"] == "adamw" or "betas" in group:
+        _validate_adam(group)
     for name in ("foreach", "fused"):
         if not any(group.get(name) is v for v in (None, False, True)):
             fail(name, group[name], "None, False or True")
@@ -106,6 +98,59 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
             fail("fused", True, "True only with base='adamw' (None: automatic)")
         if group.get("foreach") or group.get("compile"):
             fail("fused", True, "not True together with foreach=True or compile=True")
+
+
+def _validate_adam(group: dict[str, Any]) -> None:
+    adam_eps = group.get("adam_eps")
+    if isinstance(adam_eps, Tensor) and adam_eps.numel() == 1:
+        adam_eps = adam_eps.item()
+    if isinstance(adam_eps, bool) or not isinstance(adam_eps, (int, float)):
+        raise ValueError(f"ReWA: invalid adam_eps={adam_eps!r}; valid: a real number")
+    if not (adam_eps > 0.0 and math.isfinite(adam_eps)):
+        # ReWA makes exact zeros, where ĝ = m = v = 0 and Adam's m / (√v + 0) is 0/0
+        raise ValueError(f"ReWA: invalid adam_eps={adam_eps!r}; valid: a finite adam_eps > 0")
+    betas = group.get("betas")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"ReWA: invalid betas={betas!r}; valid: a pair (beta1, beta2)")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor) and beta.numel() == 1:
+            beta = beta.item()
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+            raise ValueError(f"ReWA: invalid betas[{i}]={beta!r}; valid: a real 0 <= beta < 1")
+
+
+def absorbing_zero(group: dict[str, Any]) -> bool:
+    """Whether 0 is absorbing in ``group``: the scale s(0) is 0 (M > 0, or ε > 0 with K > 1),
+    so a weight at exactly 0 never moves."""
+    return float(group["M"]) > 0.0 or (float(group["eps"]) > 0.0 and float(group["K"]) > 1.0)
+
+
+def _warn_vectors_under_absorbing_zero(group: dict[str, Any]) -> None:
+    if group.get("warn_traps", True) is False or not absorbing_zero(group):
+        return
+    vectors = sum(1 for p in group["params"] if p.dim() <= 1)
+    if vectors:
+        warnings.warn(
+            f"ReWA: {vectors} parameter(s) of at most one dimension (biases, norm weights) are "
+            f"under ReWA with M={float(group['M']):g}, eps={float(group['eps']):g}: a bias at 0 "
+            "never moves and norm weights decay toward 0. Use rewa.param_groups(model), which "
+            "gives them a plain group (or set warn_traps=False in the group to mean it).",
+            stacklevel=4,
+        )
+
+
+def _warn_if_stuck_at_zero(p: Tensor, group: dict[str, Any]) -> None:
+    """At a parameter's first step: an all-zero tensor under an absorbing zero never moves."""
+    if group.get("warn_traps", True) is False or not absorbing_zero(group) or not p.numel():
+        return
+    if not bool(local_part(p).detach().any()):
+        warnings.warn(
+            f"ReWA: a parameter of shape {tuple(p.shape)} is all zeros under M="
+            f"{float(group['M']):g}, eps={float(group['eps']):g}: 0 is absorbing there, so it "
+            "will never move (LoRA's B, a zero-initialised projection). Initialise it nonzero or "
+            "give it a plain group (K=1, M=0, eps=0; rewa.param_groups does).",
+            stacklevel=5,
+        )
 
 
 def _warn_outside_sensible_range(group: dict[str, Any]) -> None:
@@ -292,6 +337,12 @@ class ReWA(Optimizer):
             "detect_writes": detect_writes,
         }
         validate_hyperparameters(defaults)
+        # Adam's coefficients live only in groups on the AdamW base: torch's cycling schedulers
+        # (OneCycleLR, CyclicLR) cycle betas[0] instead of momentum wherever "betas" is a default.
+        self._adam_defaults = {key: defaults[key] for key in _ADAM_KEYS}
+        if base != "adamw":
+            for key in _ADAM_KEYS:
+                del defaults[key]
         # Each parameter right after our last write (its shard's, for a DTensor: the DTensor's own
         # counter does not see writes to the shard): anything else seen at the next step means
         # someone else wrote into the parameter, and y must follow.
@@ -301,10 +352,14 @@ class ReWA(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if param_group.get("base", self.defaults["base"]) == "adamw":
+            for key, value in self._adam_defaults.items():
+                param_group.setdefault(key, value)
         super().add_param_group(param_group)
         validate_hyperparameters(self.param_groups[-1])
         group = self.param_groups[-1]
         _warn_outside_sensible_range(group)
+        _warn_vectors_under_absorbing_zero(group)
         for p in group["params"]:
             if p.is_complex() or not p.is_floating_point():
                 raise ValueError("ReWA: parameters must be real floating-point tensors")
@@ -315,6 +370,7 @@ class ReWA(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_written", {})
         self.__dict__.setdefault("_loaded", set())
+        self.__dict__.setdefault("_adam_defaults", {"betas": (0.9, 0.999), "adam_eps": 1e-8})
         self._loaded.update(p for group in self.param_groups for p in group["params"])
 
     # ------------------------------------------------------------------ state
@@ -328,6 +384,7 @@ class ReWA(Optimizer):
         dtype = master_dtype(p.dtype)
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            _warn_if_stuck_at_zero(p, group)
         if "y" not in state and self._needs_master(p, group):
             state["y"] = F.y_from_x(p, float(group["K"]), dtype)
         if group["base"] == "sgd":
@@ -414,7 +471,7 @@ class ReWA(Optimizer):
             value = group[name]
             return float(value.item() if isinstance(value, Tensor) else value)
 
-        beta1, beta2 = (float(b) for b in group["betas"])
+        beta1, beta2 = (float(b) for b in group.get("betas", (0.9, 0.999)))
         return F.Hyper(
             lr=f("lr"),
             K=f("K"),
@@ -424,7 +481,7 @@ class ReWA(Optimizer):
             momentum=f("momentum"),
             beta1=beta1,
             beta2=beta2,
-            adam_eps=f("adam_eps"),
+            adam_eps=f("adam_eps") if "adam_eps" in group else 1e-8,
         )
 
     @staticmethod
@@ -477,9 +534,12 @@ class ReWA(Optimizer):
         if not params:
             return
         validate_hyperparameters(group)  # a scheduler or a user may have changed them
+        if any(p.grad.is_sparse for p in params):
+            self._step_sparse([p for p in params if p.grad.is_sparse], group)
+            params = [p for p in params if not p.grad.is_sparse]
+            if not params:
+                return
         for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError("ReWA does not support sparse gradients")
             self._init_state(p, group)
         h = self._hyper(group)
         if group.get("compile", False):
@@ -496,6 +556,30 @@ class ReWA(Optimizer):
                 self._update(bucket, group, h, *kernels)
             if h.lr != 0.0:
                 self._remember_writes(ps, group)
+
+    def _step_sparse(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """Sparse gradients (``nn.Embedding(sparse=True)``), as torch.optim.SGD steps them
+        without momentum or decay: only in a plain group (K=1, M=0, eps=0 on the SGD base)."""
+        plain = (
+            group["base"] == "sgd"
+            and float(group["K"]) == 1.0
+            and float(group["M"]) == 0.0
+            and float(group["eps"]) == 0.0
+            and float(group["momentum"]) == 0.0
+            and float(group["weight_decay"]) == 0.0
+        )
+        for p in params:
+            if not plain or p.dtype != master_dtype(p.dtype) or "y" in self.state[p]:
+                raise RuntimeError(
+                    "ReWA: sparse gradients are stepped only in a plain group (K=1, M=0, eps=0, "
+                    "base='sgd', momentum=0, weight_decay=0, a float32/float64 parameter), as "
+                    f"torch.optim.SGD steps them; a parameter of shape {tuple(p.shape)} with a "
+                    "sparse gradient is in a group that is not (rewa.param_groups puts embeddings "
+                    "in its plain group: set momentum=0 and weight_decay=0 there)"
+                )
+            self.state[p].setdefault("step", torch.tensor(0.0, dtype=torch.float32))
+            self.state[p]["step"] += 1
+            p.add_(p.grad, alpha=-float(group["lr"]))
 
     def _buckets(self, params: list[Tensor]) -> list[list[Tensor]]:
         """Group parameters by (device, dtype, has master y) for the multi-tensor kernels."""
