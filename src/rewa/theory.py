@@ -2,6 +2,9 @@
 
 With ε = 0 and no momentum, a nonzero fixed point of ReWA satisfies the stationarity condition of
 f(x) + λ‖x‖_p^p with p = (K + 1 − M)/K and λ = κ/p (METHOD.md, "Implicit ℓp").
+
+The decay acts through Σ_t lr_t·κ over a run (METHOD.md, "Practical note"):
+:func:`decay_budget` and :func:`weight_decay_for` turn a schedule into that sum and back.
 """
 
 from __future__ import annotations
@@ -71,3 +74,33 @@ def lp_prox(a: float, lam: float, p: float) -> float:
     if x != 0 and lp_objective(x, a, lam, p) > lp_objective(0.0, a, lam, p):
         return 0.0
     return x
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, cosine: bool = True) -> float:
+    """Linear warmup over ``warmup_steps`` then cosine decay to 0 at ``total_steps`` (per step):
+    the schedule of ``rewa train`` and of the linear studies."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine:
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def decay_budget(lr: float, total_steps: int, warmup_steps: int = 0, cosine: bool = True) -> float:
+    """Σ_t lr_t over a run of ``total_steps`` with peak ``lr`` (the schedule of :func:`lr_factor`):
+    multiplied by the weight decay κ it is the cumulative shrinkage of y, which is what sets how
+    sparse ReWA ends (y shrinks by about exp(−Σ lr_t·κ) where the gradient is silent)."""
+    factors = (lr_factor(t, total_steps, warmup_steps, cosine) for t in range(total_steps))
+    return lr * math.fsum(factors)
+
+
+def weight_decay_for(
+    target: float, lr: float, total_steps: int, warmup_steps: int = 0, cosine: bool = True
+) -> float:
+    """The weight decay κ that gives Σ_t lr_t·κ = ``target`` on this schedule: carry a recipe to
+    another budget (the published CIFAR recipe accumulates about 0.25) by keeping the sum."""
+    budget = decay_budget(lr, total_steps, warmup_steps, cosine)
+    if not budget > 0:
+        raise ValueError("the schedule has no learning rate to decay with (Σ lr_t = 0)")
+    return target / budget

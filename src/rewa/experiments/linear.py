@@ -17,6 +17,7 @@ from rewa.baselines.penalties import StabilityMonitor
 from rewa.data.synthetic import SparseRegression
 from rewa.methods import SparseMethod
 from rewa.optim.rewa import trust_parameters
+from rewa.theory import lr_factor
 
 OptimizerFactory = Callable[[list[nn.Parameter]], Optimizer]
 MethodFactory = Callable[[nn.Module], SparseMethod]
@@ -35,7 +36,7 @@ class LinearFit:
 
 def cosine_factor(step: int, total: int) -> float:
     """Cosine decay from 1 to 0 over ``total`` steps."""
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    return lr_factor(step, total)
 
 
 INITS = ("correlation", "random", "uniform")

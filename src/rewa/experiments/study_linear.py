@@ -224,11 +224,12 @@ QUICK = {
 # the mean squared error (torch's MSELoss, no ½). Their ReWA step y ← y(1 − κ_t) − η_t·s·g with
 # κ_t = κ₀·η_t/η₀, κ₀ = 5e-5 at η₀ = 2e-4, is then exactly lr 2e-4 with weight_decay
 # κ₀/η₀ = 0.25 (tests/test_study_linear.py checks one step against it). The (K, M) map runs at
-# exactly that, on three seeds. Every family's strength gets a grid of the same size (five values,
-# factors of 2 around the value its last run chose, converted to the mean-MSE loss: a strength
-# λ on ½·MSE is 2λ here) at one learning rate each: the published one for ReWA-SGD, the one its
-# last run chose for ReWA-AdamW (1e-2 over 1e-3), and for the SGD-type baselines half the ½·MSE
-# study's 0.2·batch/d, which is the same step on a gradient twice as large.
+# exactly that, on three seeds. Every family's strength gets a grid of the same size (six
+# values, factors of 2 around the value its last run chose, converted to the mean-MSE loss: a
+# strength λ on ½·MSE is 2λ here; the sixth, above, came after a five-value run picked its top
+# value for Spred and ReWA-AdamW M=0 on seed 2) at one learning rate each: the published one for
+# ReWA-SGD, the one its last run chose for ReWA-AdamW (1e-2 over 1e-3), and for the SGD-type
+# baselines half the ½·MSE study's 0.2·batch/d, the same step on a gradient twice as large.
 PUBLISHED = {
     "protocol": "published",
     "squared_loss": "mean",
@@ -240,14 +241,14 @@ PUBLISHED = {
     "momentum": 0.0,
     "random_signs": False,
     "rewa_sgd_lr": (2e-4,),
-    "rewa_sgd_kappa": (0.0625, 0.125, 0.25, 0.5, 1.0),
+    "rewa_sgd_kappa": (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0),
     "adamw_variants": ((9.0, 2.0, 0.0), (9.0, 0.0, 1e-3)),
     "rewa_adamw_lr": (1e-2,),
-    "rewa_adamw_kappa": (0.075, 0.15, 0.3, 0.6, 1.2),
+    "rewa_adamw_kappa": (0.075, 0.15, 0.3, 0.6, 1.2, 2.4),
     "sgd_lr_factor": (0.1,),
-    "l1_lam": (0.05, 0.1, 0.2, 0.4, 0.8),
-    "lp_kappa": (0.05, 0.1, 0.2, 0.4, 0.8),
-    "spred_kappa": (0.05, 0.1, 0.2, 0.4, 0.8),
+    "l1_lam": (0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
+    "lp_kappa": (0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
+    "spred_kappa": (0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
     "sweep_kappa": (0.25,),
     "sweep_bases": ("sgd",),
     "sweep_lp": False,
@@ -261,16 +262,17 @@ LOGISTIC = {
     "task": "logistic",
     "d": 1_000,
     "n": 1_000,
-    # five strengths per family, factors of 2 around what its last run chose (issue 35: several
-    # of those picks were at a grid's edge), each at one learning rate
+    # six strengths per family, factors of 2 around what its last runs chose (issue 35: several
+    # picks were at a grid's edge; a five-value run still picked the top for ReWA-AdamW, Spred
+    # and, on one seed, direct ℓp), each at one learning rate
     "rewa_sgd_lr": (2e-3,),
-    "rewa_sgd_kappa": (0.0075, 0.015, 0.03, 0.06, 0.12),
+    "rewa_sgd_kappa": (0.0075, 0.015, 0.03, 0.06, 0.12, 0.24),
     "rewa_adamw_lr": (1e-2,),
-    "rewa_adamw_kappa": (0.025, 0.05, 0.1, 0.2, 0.4),
+    "rewa_adamw_kappa": (0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
     "sgd_lr_factor": (2.0,),
-    "l1_lam": (0.0075, 0.015, 0.03, 0.06, 0.12),
-    "lp_kappa": (0.0025, 0.005, 0.01, 0.02, 0.04),
-    "spred_kappa": (0.0025, 0.005, 0.01, 0.02, 0.04),
+    "l1_lam": (0.0075, 0.015, 0.03, 0.06, 0.12, 0.24),
+    "lp_kappa": (0.005, 0.01, 0.02, 0.04, 0.08, 0.16),
+    "spred_kappa": (0.005, 0.01, 0.02, 0.04, 0.08, 0.16),
     "sweep": False,
 }
 

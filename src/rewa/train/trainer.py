@@ -30,6 +30,7 @@ from rewa.models import build_model
 from rewa.optim.rewa import ReWA, check_state_dict, trust_parameters
 from rewa.provenance import provenance
 from rewa.sparsity import sparsity_report, unwrap
+from rewa.theory import lr_factor
 from rewa.train import checkpoint, distributed, sparse_hooks
 from rewa.train.config import Config, config_from_dict
 from rewa.train.datasets import eval_batches, load_data, train_batches
@@ -131,16 +132,6 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("train.device is cuda but no CUDA device is available")
     return device
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, cosine: bool) -> float:
-    """Linear warmup over ``warmup_steps`` then cosine decay to 0 at ``total_steps`` (per step)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if not cosine:
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def format_seconds(seconds: float) -> str:
