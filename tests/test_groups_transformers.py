@@ -19,7 +19,15 @@ transformers = pytest.importorskip("transformers")
 
 
 def gpt2():
-    config = transformers.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    config = transformers.GPT2Config(
+        vocab_size=100,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -66,10 +74,10 @@ def test_gpt2_blocks_are_sparsified_and_the_tied_head_stays_dense():
         for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     }
     assert "transformer.wte.weight" not in under  # the embedding, tied to lm_head
-    rewa.prune_(model, 0.9)
-    for i in range(2):
-        w = model.transformer.h[i].mlp.c_fc.weight
-        assert 0.85 < float((w == 0).float().mean()) < 0.95
+    rewa.prune_(model, sparsity=0.9)
+    blocks = [m.weight for m in model.modules() if type(m).__name__ == "Conv1D"]
+    zeros = sum(int((w == 0).sum()) for w in blocks) / sum(w.numel() for w in blocks)
+    assert zeros == pytest.approx(0.9, abs=1e-3)
     assert float((model.transformer.wte.weight == 0).float().mean()) < 0.01
 
 
@@ -116,7 +124,7 @@ def test_lora_b_matrices_are_not_put_where_they_could_never_move():
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
     b = [p for n, p in model.named_parameters() if "lora_B" in n]
-    assert all(float(p.abs().max()) > 0 for p in b)
+    assert all(float(p.detach().abs().max()) > 0 for p in b)
 
 
 def test_sparsity_report_counts_gpt2_blocks():

@@ -61,7 +61,7 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     ``param_groups`` after construction (by a scheduler or by hand) are checked too."""
 
     def fail(name: str, value: Any, valid: str) -> None:
-        raise ValueError(f"ReWA: invalid {name}={value!r}; valid: {valid}")
+        raise ValueError(f"ReWA: invalid {name}={value!r}; valid range: {valid}")
 
     values = {}
     for name in _REAL:
@@ -69,7 +69,7 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
         if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail(name, value, "a real number")
+            raise ValueError(f"ReWA: {name} must be a real number, got {value!r}")
         if not math.isfinite(value):
             fail(name, value, "a finite number")
         values[name] = float(value)
@@ -85,7 +85,7 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     ):
         if not ok:
             fail(name, group[name], valid)
-    if group["base"] == "adamw" or "betas" in group:
+    if group["base"] == "adamw" or "betas" in group or "adam_eps" in group:
         _validate_adam(group)
     for name in ("foreach", "fused"):
         if not any(group.get(name) is v for v in (None, False, True)):
@@ -101,22 +101,24 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
 
 
 def _validate_adam(group: dict[str, Any]) -> None:
-    adam_eps = group.get("adam_eps")
-    if isinstance(adam_eps, Tensor) and adam_eps.numel() == 1:
-        adam_eps = adam_eps.item()
-    if isinstance(adam_eps, bool) or not isinstance(adam_eps, (int, float)):
-        raise ValueError(f"ReWA: invalid adam_eps={adam_eps!r}; valid: a real number")
-    if not (adam_eps > 0.0 and math.isfinite(adam_eps)):
-        # ReWA makes exact zeros, where ĝ = m = v = 0 and Adam's m / (√v + 0) is 0/0
-        raise ValueError(f"ReWA: invalid adam_eps={adam_eps!r}; valid: a finite adam_eps > 0")
     betas = group.get("betas")
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"ReWA: invalid betas={betas!r}; valid: a pair (beta1, beta2)")
+        raise ValueError(f"ReWA: invalid betas={betas!r}; valid range: a pair (beta1, beta2)")
     for i, beta in enumerate(betas):
         if isinstance(beta, Tensor) and beta.numel() == 1:
             beta = beta.item()
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-            raise ValueError(f"ReWA: invalid betas[{i}]={beta!r}; valid: a real 0 <= beta < 1")
+            raise ValueError(f"ReWA: invalid betas[{i}]={beta!r}; valid range: 0 <= beta < 1")
+    if group["base"] != "adamw":
+        return  # Adam's coefficients are not used
+    adam_eps = group.get("adam_eps")
+    if isinstance(adam_eps, Tensor) and adam_eps.numel() == 1:
+        adam_eps = adam_eps.item()
+    if isinstance(adam_eps, bool) or not isinstance(adam_eps, (int, float)):
+        raise ValueError(f"ReWA: adam_eps must be a real number, got {adam_eps!r}")
+    if not (adam_eps > 0.0 and math.isfinite(adam_eps)):
+        # ReWA makes exact zeros, where ĝ = m = v = 0 and Adam's m / (√v + 0) is 0/0
+        raise ValueError(f"ReWA: invalid adam_eps={adam_eps!r}; valid range: a finite adam_eps > 0")
 
 
 def absorbing_zero(group: dict[str, Any]) -> bool:
