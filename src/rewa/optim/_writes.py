@@ -6,9 +6,10 @@ back. Writes under ``torch.no_grad()`` bump the tensor's version counter and new
 its data pointer; writes through ``p.data`` do neither, so they are found by comparing a fixed
 sample of positions with what the optimizer wrote there.
 
-The sample covers every index of every dimension at least once (for a matrix: every row and
-every column; for a conv weight: every output channel, input channel and kernel position), plus
-1,024 positions spread over the whole tensor. So an edit that changes the value at every entry of
+The sample of a tensor of two or more dimensions covers every index of every dimension at least
+once (for a matrix: every row and every column; for a conv weight: every output channel, input
+channel and kernel position), plus 1,024 positions spread over the whole tensor (a vector's
+sample is those 1,024). So an edit that changes the value at every entry of
 a slice along one dimension (a pruned row, column or channel whose entries were not already what
 the edit writes) is always found, and an edit of a fraction f of scattered entries is missed with
 probability about (1 − f)^1024. A tensor of at most 1,024 entries is compared whole.
@@ -59,6 +60,8 @@ def sample_positions(shape: tuple[int, ...], device: torch.device) -> Tensor:
     if n <= SPREAD_SAMPLES:
         return torch.arange(n, device=device)
     spread = torch.tensor(_spread(n), dtype=torch.int64)
+    if len(shape) < 2:  # a slice of a vector is one entry: the spread is its sample
+        return spread.to(device)
     return torch.cat([spread, _slice_cover(shape)]).unique().to(device)
 
 

@@ -245,7 +245,9 @@ def _match_layout(p: Tensor, state: dict[str, Any]) -> None:
     kernels step only tensors of equal strides (others take the slower eager ops). One state
     tensor is checked per step; the rest were laid out with it."""
     key = next((k for k in _MASTER_KEYS if k in state), None)
-    if key is None or is_dtensor(p) or state[key].stride() == p.stride():
+    if key is None or (p.is_contiguous() and state[key].is_contiguous()):
+        return
+    if is_dtensor(p) or state[key].stride() == p.stride():
         return
     if not F.dense_layout(p):
         return
