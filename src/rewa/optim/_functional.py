@@ -343,7 +343,7 @@ def adamw_update(
 
 def _one_layout(tensors: tuple[Tensor, ...]) -> bool:
     """The same strides and a dense layout: what a kernel that walks raw memory needs."""
-    if all(t.is_contiguous() for t in tensors):  # the common case, without building strides
+    if all([t.is_contiguous() for t in tensors]):  # the common case, without building strides
         return True
     first = tensors[0]
     return dense_layout(first) and all(t.stride() == first.stride() for t in tensors[1:])

@@ -244,10 +244,10 @@ def _match_layout(p: Tensor, state: dict[str, Any]) -> None:
     state already made, or a state dict saved from another layout): the fused and compiled
     kernels step only tensors of equal strides (others take the slower eager ops). One state
     tensor is checked per step; the rest were laid out with it."""
-    key = next((k for k in _MASTER_KEYS if k in state), None)
-    if key is None or (p.is_contiguous() and state[key].is_contiguous()):
+    t = state.get("y", state.get("exp_avg", state.get("momentum_buffer")))
+    if t is None or (p.is_contiguous() and t.is_contiguous()):
         return
-    if is_dtensor(p) or state[key].stride() == p.stride():
+    if is_dtensor(p) or t.stride() == p.stride():
         return
     if not F.dense_layout(p):
         return
