@@ -5,7 +5,8 @@ Lightning's automatic optimization calls `optimizer.step(closure)`, which ReWA s
     python examples/lightning_rewa.py
 
 A small network is fitted to a sparse linear target (10 of 200 features matter); the script
-prints the sparsity ReWA reaches (about 87% of the weights at |x| <= 1e-3).
+prints the sparsity ReWA reaches (about 87% of the weights at |x| <= 1e-3). With `--target S`,
+`rewa.integrations.lightning.SparsityCallback` steers ReWA's decay so that training ends at S.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import rewa
+from rewa.integrations.lightning import SparsityCallback
 
 
 class SparseRegression(pl.LightningModule):
@@ -51,17 +53,19 @@ def data(n: int = 1024, features: int = 200, seed: int = 0) -> TensorDataset:
     return TensorDataset(x, x @ beta + 0.1 * torch.randn(n, generator=gen))
 
 
-def main(epochs: int = 20, quiet: bool = False) -> dict[str, float]:
+def main(epochs: int = 20, quiet: bool = False, target: float | None = None) -> dict:
     pl.seed_everything(0, verbose=False)
     model = SparseRegression()
+    callback = SparsityCallback(target=target, every=5)
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=not quiet, enable_model_summary=False,
+        enable_progress_bar=not quiet, enable_model_summary=False, callbacks=[callback],
     )  # fmt: skip
     trainer.fit(model, DataLoader(data(), batch_size=64, shuffle=True))
     report = rewa.sparsity_report(model.net)
     result = {"loss": float(trainer.callback_metrics["train_loss"]), "sparsity": report.sparsity,
-              "below_1e-3": report.fraction_below(1e-3)}  # fmt: skip
+              "below_1e-3": report.fraction_below(1e-3),
+              "callback_state": callback.state_dict()}  # fmt: skip
     if not quiet:
         print(report.format())
         print(result)
@@ -69,4 +73,8 @@ def main(epochs: int = 20, quiet: bool = False) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=float, help="target sparsity (default: none, fixed decay)")
+    main(target=parser.parse_args().target)

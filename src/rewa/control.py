@@ -670,6 +670,51 @@ def for_method(
     )
 
 
+def for_optimizer(
+    optimizer: Optimizer,
+    model: nn.Module,
+    target: float,
+    *,
+    threshold: float = 1e-3,
+    every: int = 10,
+    ramp_start: float = 0.05,
+    ramp_end: float = 0.6,
+    normalize: str = "none",
+    **options: Any,
+) -> TargetSparsity:
+    """A :class:`TargetSparsity` for an optimizer built with :func:`rewa.param_groups` (ReWA's
+    weight decay, or proximal ℓ1's ``l1``, see :func:`sparse_group_knob`) measuring ``model``'s
+    sparsified weights: the controller ``rewa train --target-sparsity`` uses, for other training
+    loops (:mod:`rewa.integrations` wraps it as transformers and Lightning callbacks). Call its
+    ``after_step(step, total_steps)`` after every optimizer step."""
+    unknown = sorted(set(options) - set(_CONTROLLER_OPTIONS))
+    if unknown:
+        valid = ", ".join(_CONTROLLER_OPTIONS)
+        raise ValueError(f"unknown controller option {unknown[0]!r}; valid: {valid}")
+    knob = sparse_group_knob(optimizer)
+    if knob.key == "l1":
+        options = {**PROXIMAL, **options}
+    controller = SparsityController(
+        target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
+    )
+    return TargetSparsity(
+        controller, knob, model, every=every, optimizer=optimizer, normalize=normalize
+    )
+
+
+_CONTROLLER_OPTIONS = (
+    "kp",
+    "ki",
+    "min_multiplier",
+    "max_multiplier",
+    "signal",
+    "quantile_clip",
+    "lookahead",
+    "backoff",
+    "hold_ahead",
+)
+
+
 __all__ = [
     "GAINS",
     "METHOD_KNOBS",
@@ -685,6 +730,7 @@ __all__ = [
     "caution",
     "cubic_ramp",
     "for_method",
+    "for_optimizer",
     "log_density_error",
     "method_knob",
     "quantile_error",
