@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import statistics
 import time
@@ -151,13 +152,20 @@ def save_sparse(
     path: str | Path,
     meta: Mapping[str, Any] | None = None,
 ) -> int:
-    """Write the compact sparse file; returns its size in bytes."""
+    """Write the compact sparse file; returns its size in bytes. A path ending in
+    ``.safetensors`` is written with safetensors (no pickle; tensors tied to another, like GPT-2's
+    LM head and token embedding, stored once), any other with ``torch.save``."""
+    if str(path).endswith(".safetensors"):
+        return _save_safetensors(_state(model_or_state), path, meta)
     torch.save(sparse_payload(_state(model_or_state), meta), path)
     return Path(path).stat().st_size
 
 
 def load_sparse(path: str | Path | io.BytesIO) -> dict[str, Tensor]:
-    """The dense state_dict stored in a sparse file (exact values)."""
+    """The dense state_dict stored in a sparse file (exact values), ready for
+    ``model.load_state_dict`` (a transformers model built from its config included)."""
+    if isinstance(path, (str, Path)) and str(path).endswith(".safetensors"):
+        return _load_safetensors(path)[0]
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -170,8 +178,77 @@ def load_sparse(path: str | Path | io.BytesIO) -> dict[str, Tensor]:
 
 
 def load_sparse_meta(path: str | Path) -> dict[str, Any]:
+    if str(path).endswith(".safetensors"):
+        return _load_safetensors(path)[1]
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return dict(payload.get("meta", {}))
+
+
+# ---------------------------------------------------------------- safetensors
+
+_SEP = "::"  # name::values, name::indices, name::bits: a tensor's parts in the file
+
+
+def _storage_key(t: Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
+def _save_safetensors(
+    state: Mapping[str, Tensor], path: str | Path, meta: Mapping[str, Any] | None
+) -> int:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Tensor] = {}
+    layout: dict[str, dict[str, Any]] = {}
+    first_of: dict[tuple, str] = {}
+    for name, t in state.items():
+        key = _storage_key(t) if t.numel() else None
+        if key is not None and key in first_of:  # tied: the same memory as an earlier tensor
+            layout[name] = {"alias": first_of[key]}
+            continue
+        if key is not None:
+            first_of[key] = name
+        entry = encode_tensor(t)
+        layout[name] = {"shape": entry["shape"], "encoding": entry["encoding"]}
+        for part in ("values", "indices", "bits"):
+            if part in entry:
+                tensors[f"{name}{_SEP}{part}"] = entry[part].contiguous()
+    header = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "meta": json.dumps(dict(meta or {})),
+        "tensors": json.dumps(layout),
+    }
+    save_file(tensors, str(path), metadata=header)
+    return Path(path).stat().st_size
+
+
+def _load_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            parts = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (OSError, SafetensorError) as err:
+        raise ExportError(f"{path}: cannot read a sparse export ({err})") from None
+    if header.get("format") != FORMAT:
+        raise ExportError(f"{path}: not a rewa sparse export (no format={FORMAT!r} marker)")
+    if header.get("version") != str(VERSION):
+        raise ExportError(f"{path}: sparse export version {header.get('version')}, need {VERSION}")
+    layout = json.loads(header["tensors"])
+    state: dict[str, Tensor] = {}
+    for name, entry in layout.items():
+        if "alias" in entry:
+            continue
+        fields = {p: parts[f"{name}{_SEP}{p}"] for p in ("values", "indices", "bits")
+                  if f"{name}{_SEP}{p}" in parts}  # fmt: skip
+        state[name] = decode_tensor({**entry, **fields}, name)
+    for name, entry in layout.items():
+        if "alias" in entry:
+            state[name] = state[entry["alias"]]
+    ordered = {name: state[name] for name in layout}
+    return ordered, json.loads(header.get("meta", "{}"))
 
 
 def _state(model_or_state: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
