@@ -80,19 +80,9 @@ from rewa.sparsity import (
     normalized_magnitudes,
     sparsity_report,
 )
+from rewa.theory import cubic_ramp
 
 DENSITY_FLOOR = 1e-4  # δ: keeps the log-density finite when every weight is below threshold
-
-
-def cubic_ramp(progress: float, start: float, end: float, exponent: float = 3.0) -> float:
-    """Fraction of the target at ``progress``: 0 before ``start``, ``1 − (1 − r)^exponent`` with
-    ``r = (progress − start)/(end − start)`` inside the ramp, 1 after ``end``."""
-    if progress <= start:
-        return 0.0
-    if progress >= end:
-        return 1.0
-    r = (progress - start) / (end - start)
-    return 1.0 - (1.0 - r) ** exponent
 
 
 def log_density_error(measured: float, target: float, floor: float = DENSITY_FLOOR) -> float:

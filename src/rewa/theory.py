@@ -104,3 +104,16 @@ def weight_decay_for(
     if not budget > 0:
         raise ValueError("the schedule has no learning rate to decay with (Σ lr_t = 0)")
     return target / budget
+
+
+def cubic_ramp(progress: float, start: float, end: float, exponent: float = 3.0) -> float:
+    """Fraction of a target at ``progress`` (0 … 1 of training) by the cubic schedule of gradual
+    magnitude pruning: 0 before ``start``, ``1 − (1 − r)^exponent`` with ``r = (progress −
+    start)/(end − start)`` inside the ramp, 1 from ``end`` on. GMP's sparsity and the
+    target-sparsity controller's scheduled target both follow it."""
+    if progress <= start:
+        return 0.0
+    if progress >= end:
+        return 1.0
+    r = (progress - start) / (end - start)
+    return 1.0 - (1.0 - r) ** exponent

@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 
 from rewa.masks import zero_masked_state
 from rewa.sparsity import pruned_count, sparsifiable_parameters
+from rewa.theory import cubic_ramp
 
 SCOPES = ("global", "layer")
 AUTO_UPDATES = 100  # mask updates over the ramp when frequency = 0
@@ -45,13 +46,8 @@ def cubic_sparsity(
     """The scheduled sparsity after ``step`` steps: ``initial`` before ``start``, ``target``
     from ``end`` on. ``start`` and ``end`` are fractions of ``total_steps``.
     """
-    t0, t1 = start * total_steps, end * total_steps
-    if step < t0:
-        return initial
-    if step >= t1 or t1 <= t0:
-        return target
-    progress = (step - t0) / (t1 - t0)
-    return initial + (target - initial) * (1.0 - (1.0 - progress) ** 3)
+    progress = step / total_steps if total_steps > 0 else 1.0
+    return initial + (target - initial) * cubic_ramp(progress, start, end)
 
 
 class MagnitudePruner:
