@@ -39,6 +39,19 @@ def test_load_text_tokenizes_by_character_and_holds_out_the_end(text_dir):
         load_text(text_dir / "nowhere", download=False)
 
 
+def test_a_test_split_follows_validation_at_the_end_of_the_text(text_dir):
+    """train | validation | test, contiguous and fixed (issue 34): 90/5/5 of the tokens."""
+    whole = load_text(text_dir, download=False, val_fraction=0.1)
+    data = load_text(text_dir, download=False, val_fraction=0.05, test_fraction=0.05)
+    n = len(whole.train_tokens) + len(whole.val_tokens)
+    assert len(data.test_tokens) == int(n * 0.05) and len(data.val_tokens) >= int(n * 0.05) - 1
+    joined = torch.cat([data.train_tokens, data.val_tokens, data.test_tokens])
+    assert torch.equal(joined, torch.cat([whole.train_tokens, whole.val_tokens]))
+    assert len(whole.test_tokens) == 0
+    with pytest.raises(UsageError, match="test_fraction"):
+        load_text(text_dir, download=False, val_fraction=0.5, test_fraction=0.5)
+
+
 def test_training_windows_are_next_token_pairs_and_reproducible(text_dir):
     data = load_text(text_dir, download=False)
     batches = TextBatches(data.train_tokens, 8, 16, seed=3)

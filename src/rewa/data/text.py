@@ -2,8 +2,9 @@
 
 ``load_text(data_dir)`` reads ``data_dir/input.txt`` (downloaded and checked against its sha256
 when absent and allowed), maps each distinct character to a token id (sorted, so the vocabulary
-is a pure function of the text), and splits the sequence: the first ``1 - val_fraction`` for
-training, the rest for validation.
+is a pure function of the text), and splits the sequence into contiguous, fixed parts: the first
+``1 - val_fraction - test_fraction`` for training, then validation, then (if ``test_fraction``)
+a test split.
 
 :class:`TextBatches` draws training windows: batch ``k`` of epoch ``e`` holds
 ``batch_size`` windows of ``block_size + 1`` tokens at start positions drawn from a generator
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,12 +40,14 @@ FILE = "input.txt"
 
 @dataclass
 class TextData:
-    """A tokenized text: ``train_tokens`` and ``val_tokens`` (int64), the vocabulary."""
+    """A tokenized text: ``train_tokens``, ``val_tokens`` and ``test_tokens`` (int64; the test
+    split may be empty), the vocabulary."""
 
     train_tokens: Tensor
     val_tokens: Tensor
     vocab: list[str]
     name: str = "tinyshakespeare"
+    test_tokens: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     @property
     def num_classes(self) -> int:
@@ -71,8 +74,15 @@ def load_text(
     name: str = "tinyshakespeare",
     download: bool = True,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
 ) -> TextData:
-    """The text in ``data_dir/input.txt``, tokenized by character and split."""
+    """The text in ``data_dir/input.txt``, tokenized by character and split (train | val |
+    test, contiguous)."""
+    if not (val_fraction > 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
+        raise UsageError(
+            f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must "
+            "be positive and leave some text to train on (their sum < 1)"
+        )
     path = Path(data_dir) / FILE
     if not path.is_file():
         if not download or name not in TEXTS:
@@ -89,8 +99,9 @@ def load_text(
     vocab = sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}
     tokens = torch.tensor([index[c] for c in text], dtype=torch.int64)
-    cut = int(len(tokens) * (1.0 - val_fraction))
-    return TextData(tokens[:cut], tokens[cut:], vocab, name)
+    cut = int(len(tokens) * (1.0 - val_fraction - test_fraction))
+    test_cut = len(tokens) - int(len(tokens) * test_fraction)
+    return TextData(tokens[:cut], tokens[cut:test_cut], vocab, name, tokens[test_cut:])
 
 
 def _windows(tokens: Tensor, starts: Tensor, length: int) -> Tensor:

@@ -45,7 +45,8 @@ NONNEG = _check(lambda v: v >= 0, ">= 0")
 @dataclass
 class DataConfig:
     # cifar10/cifar100: in memory; imagenet: data_dir/train/<class>/*, data_dir/val/<class>/*
-    # tinyshakespeare: character-level text, data_dir/input.txt (first 1 - val_fraction trains)
+    # tinyshakespeare: character-level text, data_dir/input.txt (the first 1 - val_fraction -
+    # test_fraction trains)
     dataset: str = field(
         default="cifar10", metadata=_choices("cifar10", "cifar100", "imagenet", "tinyshakespeare")
     )
@@ -65,6 +66,9 @@ class DataConfig:
     # Text: tokens of context per example, and the fraction of the text held out (the end).
     block_size: int = field(default=128, metadata=POSITIVE)
     val_fraction: float = field(default=0.1, metadata=_check(lambda v: 0 < v < 1, "in (0, 1)"))
+    # ... and the fraction after it held out as a test split (0: none; the text's end is then
+    # validation only). Contiguous and fixed: train | validation | test.
+    test_fraction: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "in [0, 1)"))
     # Smoke runs: use only N training / evaluation images (0 = all); for a text, limit_train
     # caps the training tokens of an epoch.
     limit_train: int = field(default=0, metadata=NONNEG)

@@ -218,7 +218,11 @@ def load_data(config: Config) -> Data:
         return load_folder(config)
     if d.dataset in TEXT_DATASETS:
         return load_text(
-            d.data_dir, name=d.dataset, download=d.download, val_fraction=d.val_fraction
+            d.data_dir,
+            name=d.dataset,
+            download=d.download,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
         )
     return load_cifar_data(config)
 
@@ -286,11 +290,12 @@ def eval_batches(config: Config, data: Data, split: str, device: torch.device) -
     """
     cfg = config
     batch = max(1, math.ceil(cfg.data.eval_batch_size / distributed.world_size()))
-    if isinstance(data, TextData):  # the held-out end of the text is the one evaluation split
-        if split != "val":
+    if isinstance(data, TextData):  # the held-out end of the text: validation, then test
+        tokens = data.val_tokens if split == "val" else data.test_tokens
+        if len(tokens) <= cfg.data.block_size + 1:
             return None
         return TextEval(
-            data.val_tokens, batch, cfg.data.block_size, device=device,
+            tokens, batch, cfg.data.block_size, device=device,
             rank=distributed.rank(), world_size=distributed.world_size(),
         )  # fmt: skip
     if isinstance(data, FolderData):
