@@ -145,31 +145,55 @@ def test_rewa_train_runs_the_language_model_task(text_dir, tmp_path, method):
     assert points[0.9]["val_loss"] > points[0.0]["val_loss"]  # pruning 90% costs loss
 
 
-def test_rewa_export_of_a_language_model_run_feeds_it_tokens(text_dir, tmp_path):
-    """`rewa export` on a language-model run checks the round trip on token ids (it fed images
-    to a token model, with a traceback after writing half its files)."""
-    from rewa.cli import main
-
+@pytest.fixture(scope="module")
+def lm_run(text_dir, tmp_path_factory):
+    """A one-epoch ReWA run of the tiny language model."""
     config = load_config(
         None,
         [
             "data.dataset=tinyshakespeare", f"data.data_dir={text_dir}", "data.download=false",
             "data.batch_size=8", "data.block_size=16", "data.eval_batch_size=16",
+            "data.val_fraction=0.05", "data.test_fraction=0.05", "eval.test=true",
             "model.name=llama", "model.options={dim: 16, layers: 1, heads: 2}",
             "method.name=rewa", "method.base=adamw", "method.lr=3e-3",
-            "method.options={weight_decay: 0.1}", "schedule.epochs=1", "eval.test=false",
+            "method.options={weight_decay: 0.1}", "schedule.epochs=1",
             "eval.thresholds=[]", "eval.target_sparsities=[]", "eval.plots=false",
             "output.progress=false", "output.tensorboard=false", "train.threads=1",
         ],
     )  # fmt: skip
-    train(config, tmp_path / "run", echo=lambda _: None)
+    root = tmp_path_factory.mktemp("lm") / "run"
+    train(config, root, echo=lambda _: None)
+    return root
+
+
+def test_a_language_model_run_reports_its_test_split(lm_run):
+    final = json.loads((lm_run / "eval.json").read_text())["final"]
+    assert final["test_loss"] > 0 and final["val_loss"] > 0
+
+
+def test_rewa_export_of_a_language_model_run_feeds_it_tokens(lm_run, tmp_path):
+    """`rewa export` on a language-model run checks the round trip on token ids (it fed images
+    to a token model, with a traceback after writing half its files)."""
     out = tmp_path / "export"
-    args = ["export", str(tmp_path / "run"), "--out", str(out), "--batch-sizes", "1,2"]
+    args = ["export", str(lm_run), "--out", str(out), "--batch-sizes", "1,2"]
     assert main([*args, "--repeats", "2"]) == 0
     result = json.loads((out / "export.json").read_text())
     assert result["round_trip_outputs_identical"]
     assert [r["batch"] for r in result["latency"]["rows"]] == [1, 2]
     assert result["latency"]["rows"][0]["max_abs_output_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_rewa_prune_by_wanda_and_sparsegpt_from_calibration_batches(lm_run, tmp_path, criterion):
+    out = tmp_path / criterion
+    args = ["prune", str(lm_run), "--sparsity", "0.5", "--criterion", criterion]
+    assert main([*args, "--calibration-batches", "2", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "prune.json").read_text())
+    assert result["pruned"]["rule"].startswith(criterion)
+    assert result["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert "val_loss" in result["pruned"] and "test_loss" in result["pruned"]
+    bad = ["prune", str(lm_run), "--threshold", "0.1", "--criterion", criterion]
+    assert main([*bad, "--quiet", "--out", str(tmp_path / "bad")]) == 2  # needs --sparsity
 
 
 def test_study_script_trains_prunes_fine_tunes_and_samples(text_dir, tmp_path):

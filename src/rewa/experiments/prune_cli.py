@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rewa.baselines.posthoc import CRITERIA as POSTHOC
+from rewa.baselines.posthoc import calibration_runner, prune_posthoc_
 from rewa.cliutil import fraction, nonneg_float, nonneg_int, positive_float, positive_int
 from rewa.errors import UsageError
 from rewa.export import (
@@ -103,6 +105,11 @@ def default_prune_dir(source: Source, args: argparse.Namespace) -> Path:
 
 def prune_rule(args: argparse.Namespace) -> str:
     """The pruning rule in words, as prune.json and prune.md state it."""
+    if args.criterion != "magnitude":
+        return (
+            f"{args.criterion}, sparsity {args.sparsity:g} in every linear layer, from "
+            f"{args.calibration_batches} calibration batches"
+        )
     magnitude = MAGNITUDE_NAMES[args.normalize]
     if args.sparsity is not None:
         return f"global magnitude of {magnitude}, sparsity {args.sparsity:g}"
@@ -128,10 +135,12 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
     device = torch.device("cpu")
     model = plain_model(source, device)
     before = sparsity_report(model, ()).sparsity
+    masks = posthoc_masks(model, config, args) if args.criterion != "magnitude" else None
     try:
-        masks = Masks.from_model(
-            model, threshold=args.threshold, sparsity=args.sparsity, normalize=args.normalize
-        )
+        if masks is None:
+            masks = Masks.from_model(
+                model, threshold=args.threshold, sparsity=args.sparsity, normalize=args.normalize
+            )
     except ValueError as err:
         raise UsageError(str(err)) from None
     masks.apply_(model)
@@ -169,6 +178,24 @@ def prune(args: argparse.Namespace, echo=print) -> dict[str, Any]:
     (out / "prune.md").write_text(prune_markdown(result, warnings))
     echo(prune_summary(result, out))
     return result
+
+
+def posthoc_masks(model: nn.Module, config: Any, args: argparse.Namespace) -> Masks:
+    """Wanda / SparseGPT masks (the model's weights pruned in place) from the run's training
+    batches (epoch 0 order)."""
+    from rewa.train.datasets import load_data, train_batches
+
+    if args.sparsity is None:
+        raise UsageError(f"--criterion {args.criterion} needs --sparsity (not --threshold)")
+    data = load_data(config)
+    run = calibration_runner(
+        model, train_batches(config, data, torch.device("cpu")), args.calibration_batches
+    )
+    try:
+        masks = prune_posthoc_(model, args.sparsity, args.criterion, run)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return Masks(masks)
 
 
 def finetune_dir(out: Path, index: int, lr: float | None) -> Path:
@@ -535,6 +562,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     rule.add_argument(
         "--threshold", type=nonneg_float, metavar="T", help="zero every weight with |x| <= T"
     )
+    p.add_argument(
+        "--criterion", choices=("magnitude", *POSTHOC), default="magnitude",
+        help="magnitude: one global threshold; wanda / sparsegpt: each linear layer to "
+        "--sparsity from its inputs on --calibration-batches training batches (layer by layer, "
+        "with the earlier layers already pruned; SparseGPT also updates the kept weights)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-batches", type=positive_int, default=8, metavar="N",
+        help="training batches whose activations Wanda / SparseGPT read",
+    )  # fmt: skip
     p.add_argument(
         "--normalize", choices=NORMALIZATIONS, default=None,
         help="compare |x| (none: the paper's global magnitude) or |x| / rms(layer) (rms: "
