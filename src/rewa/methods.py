@@ -30,6 +30,7 @@ from torch.optim import Optimizer
 
 from rewa.baselines.gmp import SCOPES, GradualPruning
 from rewa.baselines.penalties import StabilityMonitor, l1_penalty, lp_penalty
+from rewa.baselines.rigl import RigL
 from rewa.baselines.spred import INITS as SPRED_INITS
 from rewa.baselines.spred import apply_spred, fold_spred, spred_factors
 from rewa.baselines.str_ import apply_str, fold_str, str_parameters
@@ -438,6 +439,99 @@ class GMPMethod(_TorchBaseMethod):
         self.pruning.load_state_dict(state["gmp"])
 
 
+class RigLMethod(_TorchBaseMethod):
+    """RigL (:mod:`rewa.baselines.rigl`): sparse from the first step at ``sparsity`` (ERK layer
+    densities), masks updated every ``interval`` steps until ``end`` by dropping the smallest
+    active weights and growing the inactive ones of largest gradient, the fraction ``alpha``
+    decayed by a cosine; SGD/AdamW with weight decay. Masks are in :meth:`state_dict`."""
+
+    name = "rigl"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "sparsity": 0.9,
+        "alpha": 0.3,
+        "interval": 100,
+        "end": 0.75,
+        "seed": 0,
+        "weight_decay": 5e-4,
+        "other_weight_decay": 0.0,
+    }
+
+    def prepare_model(self) -> None:
+        o = self.options
+        self._nonneg("weight_decay", "other_weight_decay", "sparsity", "alpha", "end", "seed")
+        self._require(int(o["interval"]) >= 1, "option interval must be >= 1 step")
+        try:
+            self.rigl = RigL(
+                self.model,
+                sparsity=float(o["sparsity"]),
+                alpha=float(o["alpha"]),
+                interval=int(o["interval"]),
+                end=float(o["end"]),
+                seed=int(o["seed"]),
+            )
+        except ValueError as err:
+            raise UsageError(f"method 'rigl': {err}") from None
+        self.sparse, self.other = split_parameters(self.model)
+
+    def make_optimizer(self) -> Optimizer:
+        optimizer = super().make_optimizer()
+        self.rigl.optimizer = optimizer
+        return optimizer
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.rigl.after_step(step, total_steps)
+
+    def fold(self) -> nn.Module:
+        self.rigl.apply()
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rigl": self.rigl.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rigl.load_state_dict(state["rigl"])
+
+
+class PowerpropMethod(SparseMethod):
+    """Powerprop (Schwarz et al. 2021): w = v|v|^(α−1), trained by plain gradient descent on v
+    (SGD with momentum, or AdamW), then magnitude pruning. It is ReWA with K = α, M = α − 1
+    (s·g is ∂L/∂v divided by α, so the SGD base's lr is α times the lr given here) and, for
+    ``weight_decay`` > 0, ordinary weight decay on v (the ablation "Powerprop + decay"; ReWA
+    differs from it only in M < K − 1). Biases and norm layers train in a plain group."""
+
+    name = "powerprop"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "alpha": 9.0,
+        "weight_decay": 0.0,
+        "other_weight_decay": 0.0,
+    }
+
+    def make_optimizer(self) -> Optimizer:
+        o = self.options
+        alpha = float(o["alpha"])
+        if not alpha >= 1.0:
+            raise UsageError(f"method 'powerprop': option alpha must be >= 1, got {alpha!r}")
+        # SGD base: ReWA's step lr·(|v|^(α−1)·g + κv) is GD on v at lr/α with decay α·κ on v
+        scale = alpha if self.base == "sgd" else 1.0
+        decay = float(o["weight_decay"]) / scale
+        groups = param_groups(
+            self.model, weight_decay=decay, other_weight_decay=o["other_weight_decay"]
+        )
+        for group in groups:
+            if group["name"] == "plain":
+                group["lr"] = self.lr  # the plain group is plain GD at the given lr
+        return ReWA(
+            groups,
+            lr=self.lr * scale,
+            K=alpha,
+            M=alpha - 1.0,
+            eps=0.0,
+            weight_decay=decay,
+            momentum=self.momentum,
+            base=self.base,
+        )
+
+
 METHODS: dict[str, type[SparseMethod]] = {}
 
 
@@ -456,6 +550,8 @@ for _cls in (
     SpredMethod,
     STRMethod,
     GMPMethod,
+    RigLMethod,
+    PowerpropMethod,
 ):
     register(_cls)
 
