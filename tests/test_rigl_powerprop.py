@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rewa.baselines.rigl import RigL, drop_fraction, erk_densities
+from rewa.baselines.rigl import drop_fraction, erk_densities
 from rewa.methods import build_method
 
 
