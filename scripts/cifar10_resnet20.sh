@@ -58,6 +58,12 @@ STUDY=(
   "rewa_3e-4        rewa    all   --set method.options.weight_decay=3.0e-4"
   "gmp_0.95         gmp     0.95  --set method.options.target=0.95"
   "dense            dense   all"
+  "rigl_0.9         rigl    0.9   --set method.options.sparsity=0.9"
+  "rigl_0.95        rigl    0.95  --set method.options.sparsity=0.95"
+  "rigl_0.98        rigl    0.98  --set method.options.sparsity=0.98"
+  "rigl_0.99        rigl    0.99  --set method.options.sparsity=0.99"
+  "powerprop        powerprop all"
+  "powerprop_5e-4   powerprop all --set method.options.weight_decay=5.0e-4"
 )
 
 # The sanity gate: is the dense recipe's test accuracy >= 90% on this data with more epochs?

@@ -141,7 +141,7 @@ def test_published_recipe_config():
     assert (c.data.batch_size, c.train.label_smoothing) == (256, 0.1)
 
 
-STUDY = ["dense", "rewa", "l1prox", "l1", "gmp", "str", "spred"]
+STUDY = ["dense", "rewa", "l1prox", "l1", "gmp", "str", "spred", "rigl", "powerprop"]
 
 
 def test_study_configs_differ_only_in_the_method():

@@ -42,6 +42,9 @@ GROUP_ORDER = [
     "str",
     "spred",
     "lp",
+    "rigl",
+    "powerprop",
+    "powerprop-decay",
 ]
 GROUP_LABELS = {
     "dense": "dense, then pruned",
@@ -54,6 +57,9 @@ GROUP_LABELS = {
     "str": "STR",
     "spred": "Spred",
     "lp": "direct ℓp",
+    "rigl": "RigL (ERK, sparse from step 0)",
+    "powerprop": "Powerprop α=9 (ReWA M=K−1, no decay)",
+    "powerprop-decay": "Powerprop α=9 + decay on v",
 }
 STRENGTH = {"rewa": "weight_decay", "l1-prox": "lam", "l1": "lam", "str": "weight_decay"}
 CSV_COLUMNS = [
@@ -80,6 +86,10 @@ def read_run(folder: Path) -> dict[str, Any]:
     strength = method["options"].get(strength_key) if strength_key else None
     if name == "gmp":
         target = float(method["options"]["target"])
+    if name == "rigl":
+        target = float(method["options"]["sparsity"])
+    if name == "powerprop" and float(method["options"].get("weight_decay", 0.0)) > 0:
+        group = "powerprop-decay"  # the ablation chain's middle step
     final = evaluation["final"]
     return {
         "run": folder.name,
