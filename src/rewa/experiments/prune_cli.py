@@ -208,7 +208,8 @@ def finetune_on_validation(
     config: Any, out: Path, args: argparse.Namespace, echo
 ) -> dict[str, Any]:
     """One masked fine-tuning per --finetune-lr value, each from the same pruned model. With
-    several, ``finetune`` is the one of best validation accuracy (the first on a tie) and
+    several, ``finetune`` is the one of best validation accuracy (lowest validation loss for a
+    language model; the first on a tie) and
     ``finetune_trials`` lists them all: a fixed lr is not fair across methods, since behind
     BatchNorm a step moves a layer by about lr / ||w||^2 and methods leave weights of different
     sizes."""
@@ -228,6 +229,11 @@ def finetune_on_validation(
     ]
     if len(trials) == 1:
         return {"finetune": trials[0]}
+    from rewa.train.datasets import TEXT_DATASETS
+
+    if config.data.dataset in TEXT_DATASETS:  # a language model is judged by its loss
+        best = min(trials, key=lambda t: t.get("val_loss", float("inf")))
+        return {"finetune": {**best, "chosen_on": "val_loss"}, "finetune_trials": trials}
     best = max(trials, key=lambda t: t.get("val_acc", float("-inf")))
     return {"finetune": {**best, "chosen_on": "val_acc"}, "finetune_trials": trials}
 
