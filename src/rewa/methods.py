@@ -21,6 +21,7 @@ generic::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -121,15 +122,17 @@ class SparseMethod:
         raise UsageError(f"base must be 'sgd' or 'adamw', got {self.base!r}")
 
 
+def _defaults_of(cls: type, *names: str) -> dict[str, Any]:
+    parameters = inspect.signature(cls.__init__).parameters
+    return {name: parameters[name].default for name in names}
+
+
 class ReWAMethod(SparseMethod):
     """ReWA on conv/linear weights; biases and norm layers in a plain group."""
 
     name = "rewa"
     OPTIONS: ClassVar[dict[str, Any]] = {
-        "K": 9.0,
-        "M": 2.0,
-        "eps": 0.0,
-        "weight_decay": 1e-4,
+        **_defaults_of(ReWA, "K", "M", "eps", "weight_decay"),  # one place: ReWA's signature
         "other_weight_decay": 0.0,
         "all_params": False,
     }
