@@ -69,7 +69,7 @@ class Sequences(Dataset):
         return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
 
 
-def main(model_name: str = "gpt2", target: float = 0.8, epochs: int = 6, quiet: bool = False):
+def main(model_name: str = "gpt2", target: float = 0.8, epochs: int = 20, quiet: bool = False):
     torch.manual_seed(0)
     model = build(model_name)
     dataset = Sequences()
@@ -112,6 +112,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("gpt2", "llama"), default="gpt2")
     parser.add_argument("--target", type=float, default=0.8)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=20)
     a = parser.parse_args()
     main(a.model, a.target, a.epochs)

@@ -13,7 +13,7 @@ from rewa.methods import METHODS, build_method
 from rewa.optim.prox import ProxL1
 from rewa.sparsity import effective_weights
 
-ALL = ["rewa", "dense", "l1", "l1-prox", "lp", "spred", "str", "gmp"]
+ALL = ["rewa", "dense", "l1", "l1-prox", "lp", "spred", "str", "gmp", "rigl", "powerprop"]
 OPTIONS = {
     "rewa": {"weight_decay": 1e-2},
     "dense": {},
@@ -23,6 +23,8 @@ OPTIONS = {
     "spred": {"weight_decay": 1e-2},
     "str": {"weight_decay": 1e-2, "s_init": -3.0},
     "gmp": {"target": 0.5, "frequency": 2},
+    "rigl": {"sparsity": 0.5, "interval": 2},
+    "powerprop": {"alpha": 3.0},
 }
 
 

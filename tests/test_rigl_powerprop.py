@@ -13,14 +13,15 @@ from rewa.methods import build_method
 
 
 def test_erk_gives_small_layers_more_density_and_meets_the_total():
-    shapes = {"conv1": (16, 3, 3, 3), "conv2": (64, 64, 3, 3), "fc": (10, 64)}
+    shapes = {"conv1": (16, 3, 3, 3), "conv2": (64, 64, 3, 3), "conv3": (128, 64, 3, 3)}
     d = erk_densities(shapes, 0.1)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     total = sum(d[n] * sizes[n] for n in shapes) / sum(sizes.values())
     assert total == pytest.approx(0.1)
-    assert d["conv1"] > d["fc"] > d["conv2"]
-    # (sum of dims)/(product) ratios hold between the layers below 1
-    assert d["fc"] / d["conv2"] == pytest.approx((74 / 640) / (134 / 36864))
+    assert d["conv1"] == 1.0  # (sum of dims)/(product) would put it above 1: kept dense
+    assert 0 < d["conv3"] < d["conv2"] < 1
+    # below 1, densities keep the ratio of (sum of dims)/(product of dims)
+    assert d["conv2"] / d["conv3"] == pytest.approx((134 / 36864) / (198 / 73728))
     dense = erk_densities({"tiny": (2, 2), "big": (100, 100)}, 0.5)
     assert dense["tiny"] == 1.0 and (4 + dense["big"] * 10_000) / 10_004 == pytest.approx(0.5)
 
