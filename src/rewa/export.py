@@ -155,8 +155,13 @@ def save_sparse(
     """Write the compact sparse file; returns its size in bytes. A path ending in
     ``.safetensors`` is written with safetensors (no pickle; tensors tied to another, like GPT-2's
     LM head and token embedding, stored once), any other with ``torch.save``."""
-    if str(path).endswith(".safetensors"):
-        return _save_safetensors(_state(model_or_state), path, meta)
+    if str(path).endswith(".safetensors"):  # the state as it is: tied tensors share memory
+        raw = (
+            unwrap(model_or_state).state_dict()
+            if isinstance(model_or_state, nn.Module)
+            else model_or_state
+        )
+        return _save_safetensors(raw, path, meta)
     torch.save(sparse_payload(_state(model_or_state), meta), path)
     return Path(path).stat().st_size
 
