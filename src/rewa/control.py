@@ -620,79 +620,7 @@ class TargetSparsity:
         self.knob.set(self.controller.multiplier)
 
 
-def for_method(
-    method: Any,
-    source: Source,
-    target: float,
-    *,
-    threshold: float = 1e-3,
-    every: int = 10,
-    ramp_start: float = 0.05,
-    ramp_end: float = 0.6,
-    normalize: str = "none",
-    **options: Any,
-) -> TargetSparsity:
-    """A :class:`TargetSparsity` for a built :mod:`rewa.methods` method (``options``: kp, ki,
-    min_multiplier, max_multiplier, signal, quantile_clip of :class:`SparsityController`;
-    ``normalize``: what the threshold is compared with, see :class:`TargetSparsity`)."""
-    knob = method_knob(method)
-    valid = (
-        "kp",
-        "ki",
-        "min_multiplier",
-        "max_multiplier",
-        "signal",
-        "quantile_clip",
-        "lookahead",
-        "backoff",
-        "hold_ahead",
-    )
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown controller option {unknown[0]!r}; valid: {', '.join(valid)}")
-    if method.name in NO_LOOKAHEAD:
-        options = {**PROXIMAL, **options}
-    controller = SparsityController(
-        target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
-    )
-    return TargetSparsity(
-        controller, knob, source, every=every, optimizer=method.optimizer, normalize=normalize
-    )
-
-
-def for_optimizer(
-    optimizer: Optimizer,
-    model: nn.Module,
-    target: float,
-    *,
-    threshold: float = 1e-3,
-    every: int = 10,
-    ramp_start: float = 0.05,
-    ramp_end: float = 0.6,
-    normalize: str = "none",
-    **options: Any,
-) -> TargetSparsity:
-    """A :class:`TargetSparsity` for an optimizer built with :func:`rewa.param_groups` (ReWA's
-    weight decay, or proximal ℓ1's ``l1``, see :func:`sparse_group_knob`) measuring ``model``'s
-    sparsified weights: the controller ``rewa train --target-sparsity`` uses, for other training
-    loops (:mod:`rewa.integrations` wraps it as transformers and Lightning callbacks). Call its
-    ``after_step(step, total_steps)`` after every optimizer step."""
-    unknown = sorted(set(options) - set(_CONTROLLER_OPTIONS))
-    if unknown:
-        valid = ", ".join(_CONTROLLER_OPTIONS)
-        raise ValueError(f"unknown controller option {unknown[0]!r}; valid: {valid}")
-    knob = sparse_group_knob(optimizer)
-    if knob.key == "l1":
-        options = {**PROXIMAL, **options}
-    controller = SparsityController(
-        target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
-    )
-    return TargetSparsity(
-        controller, knob, model, every=every, optimizer=optimizer, normalize=normalize
-    )
-
-
-_CONTROLLER_OPTIONS = (
+CONTROLLER_OPTIONS = (
     "kp",
     "ki",
     "min_multiplier",
@@ -705,7 +633,59 @@ _CONTROLLER_OPTIONS = (
 )
 
 
+def _target_sparsity(
+    knob: Knob,
+    source: Source,
+    optimizer: Optimizer | None,
+    target: float,
+    proximal: bool,
+    *,
+    threshold: float = 1e-3,
+    every: int = 10,
+    ramp_start: float = 0.05,
+    ramp_end: float = 0.6,
+    normalize: str = "none",
+    **options: Any,
+) -> TargetSparsity:
+    unknown = sorted(set(options) - set(CONTROLLER_OPTIONS))
+    if unknown:
+        valid = ", ".join(CONTROLLER_OPTIONS)
+        raise ValueError(f"unknown controller option {unknown[0]!r}; valid: {valid}")
+    if proximal:
+        options = {**PROXIMAL, **options}
+    controller = SparsityController(
+        target, threshold=threshold, ramp_start=ramp_start, ramp_end=ramp_end, **options
+    )
+    return TargetSparsity(
+        controller, knob, source, every=every, optimizer=optimizer, normalize=normalize
+    )
+
+
+def for_method(method: Any, source: Source, target: float, **settings: Any) -> TargetSparsity:
+    """A :class:`TargetSparsity` for a built :mod:`rewa.methods` method. ``settings``:
+    ``threshold`` (1e-3), ``every`` (10), ``ramp_start`` (0.05), ``ramp_end`` (0.6), ``normalize``
+    (what the threshold is compared with, see :class:`TargetSparsity`) and the
+    :data:`CONTROLLER_OPTIONS` of :class:`SparsityController`."""
+    knob = method_knob(method)
+    proximal = method.name in NO_LOOKAHEAD
+    return _target_sparsity(knob, source, method.optimizer, target, proximal, **settings)
+
+
+def for_optimizer(
+    optimizer: Optimizer, model: nn.Module, target: float, **settings: Any
+) -> TargetSparsity:
+    """A :class:`TargetSparsity` for an optimizer built with :func:`rewa.param_groups` (ReWA's
+    weight decay, or proximal ℓ1's ``l1``, see :func:`sparse_group_knob`) measuring ``model``'s
+    sparsified weights: the controller ``rewa train --target-sparsity`` uses, for other training
+    loops (:mod:`rewa.integrations` wraps it as transformers and Lightning callbacks). Call its
+    ``after_step(step, total_steps)`` after every optimizer step; ``settings`` as
+    :func:`for_method`'s."""
+    knob = sparse_group_knob(optimizer)
+    return _target_sparsity(knob, model, optimizer, target, knob.key == "l1", **settings)
+
+
 __all__ = [
+    "CONTROLLER_OPTIONS",
     "GAINS",
     "METHOD_KNOBS",
     "NO_LOOKAHEAD",
